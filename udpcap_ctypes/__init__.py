@@ -1,0 +1,22 @@
+"""udpcap_ctypes: receive UDP datagrams without opening a socket.
+
+Captures frames with Npcap (Windows) or libpcap (Linux, macOS) through ctypes and re-implements
+the receive side of IPv4/UDP in user space, behind a ``socket.socket``-shaped class.
+Importing this package loads no native library; ``UdpcapSocket()`` does, once per process.
+"""
+
+from .errors import (CaptureUnavailableError, NotBoundError, PcapError, SocketClosedError,
+                     UdpcapError)
+
+__version__ = "0.1.0"
+
+__all__ = ["UdpcapSocket", "UdpcapError", "CaptureUnavailableError", "NotBoundError",
+           "SocketClosedError", "PcapError", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy so that "import udpcap_ctypes" stays free of native loads and heavy imports.
+    if name == "UdpcapSocket":
+        from .socket import UdpcapSocket
+        return UdpcapSocket
+    raise AttributeError("module 'udpcap_ctypes' has no attribute %r" % name)

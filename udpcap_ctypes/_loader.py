@@ -1,0 +1,199 @@
+"""The one place that finds and loads the capture library (Npcap/WinPcap or libpcap).
+
+Loading happens on first use (``UdpcapSocket()`` or ``check``), once per process, under a lock;
+importing the package never touches a native library.
+
+Windows: Npcap lives in ``%SystemRoot%\\System32\\Npcap``.  We load ``Packet.dll`` and then
+``wpcap.dll`` from there by absolute path inside ``os.add_dll_directory`` -- never by changing
+the process-wide DLL search path -- and fall back to ``System32\\wpcap.dll`` (Npcap's
+"WinPcap API-compatible mode", or a legacy WinPcap).  Elsewhere: ``ctypes.util.find_library``
+and the usual sonames.  ``UDPCAP_CTYPES_LIBPCAP`` overrides all of it with one path.
+
+The file-system and DLL calls go through a small OS layer (:class:`LoaderOS`) so the Windows
+search can be tested on Linux with recorded answers.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+import threading
+
+from . import _pcap, _structs
+from .errors import CaptureUnavailableError
+
+log = logging.getLogger("udpcap_ctypes")
+
+ENV_OVERRIDE = "UDPCAP_CTYPES_LIBPCAP"
+POSIX_SONAMES = ("libpcap.so.1", "libpcap.so.0.8", "libpcap.so", "libpcap.A.dylib",
+                 "libpcap.dylib")
+
+
+class LoaderOS:
+    """The real operating system, as the loader sees it.  Tests pass a stand-in."""
+
+    platform = sys.platform
+    environ = os.environ
+
+    @staticmethod
+    def isfile(path):
+        return os.path.isfile(path)
+
+    @staticmethod
+    def find_library(name):
+        return ctypes.util.find_library(name)
+
+    @staticmethod
+    def load(path):
+        """Load a cdecl library (``ctypes.CDLL``)."""
+        return ctypes.CDLL(path)
+
+    @staticmethod
+    def dll_directory(path):
+        """Context manager that adds *path* to the DLL search path of this load only."""
+        add = getattr(os, "add_dll_directory", None)
+        if add is None:
+            return _NullContext()
+        return add(path)
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class CaptureLibrary:
+    """A loaded capture library: bound functions plus where they came from."""
+
+    def __init__(self, kind, path, fns, packet_path=None, packet_fns=None, windows=False):
+        self.kind = kind                # "npcap", "winpcap", "libpcap"
+        self.path = path                # what was loaded
+        self.fns = fns                  # _pcap.Functions
+        self.packet_path = packet_path  # Packet.dll (Windows) or None
+        self.packet_fns = packet_fns
+        self.windows = windows
+        raw = fns.pcap_lib_version()
+        self.version = raw.decode("ascii", "replace") if raw else "unknown"
+        if self.version.startswith("WinPcap"):
+            self.kind = "winpcap"
+
+    def __repr__(self):
+        return "<CaptureLibrary %s %r from %s>" % (self.kind, self.version, self.path)
+
+
+def windows_candidates(oslayer):
+    """Ordered ``(kind, wpcap_path, packet_path_or_None, dll_dir)`` tuples to try on Windows."""
+    root = oslayer.environ.get("SystemRoot") or oslayer.environ.get("windir") or r"C:\Windows"
+    system32 = root.rstrip("\\/") + "\\System32"
+    npcap_dir = system32 + "\\Npcap"
+    return [
+        ("npcap", npcap_dir + "\\wpcap.dll", npcap_dir + "\\Packet.dll", npcap_dir),
+        ("npcap", system32 + "\\wpcap.dll", system32 + "\\Packet.dll", system32),
+    ]
+
+
+def posix_candidates(oslayer):
+    names = []
+    found = oslayer.find_library("pcap")
+    if found:
+        names.append(found)
+    names.extend(n for n in POSIX_SONAMES if n not in names)
+    return names
+
+
+def install_fix(oslayer):
+    """What a person should do when no capture library can be loaded."""
+    if _structs.host_family(oslayer.platform) == _structs.WINDOWS:
+        return ("Install Npcap from https://npcap.com/ with 'Support loopback traffic' checked "
+                "(optionally 'WinPcap API-compatible mode'); WinPcap is not supported")
+    if oslayer.platform == "darwin":
+        return "libpcap ships with macOS; check that /usr/lib/libpcap.A.dylib is present"
+    return ("Install libpcap: 'apt install libpcap0.8' (Debian/Ubuntu), "
+            "'dnf install libpcap' (Fedora/RHEL), 'apk add libpcap' (Alpine)")
+
+
+def load_library(oslayer=None):
+    """Find, load and declare the capture library.  Raises :class:`CaptureUnavailableError`."""
+    oslayer = oslayer or LoaderOS()
+    windows = _structs.host_family(oslayer.platform) == _structs.WINDOWS
+    tried = []
+    override = oslayer.environ.get(ENV_OVERRIDE)
+    if override is not None:
+        return _load_one(oslayer, "override", override, None, None, windows, tried,
+                         fix="%s=%r is set: point it at a capture library or unset it"
+                             % (ENV_OVERRIDE, override))
+    if windows:
+        for kind, wpcap, packet, dll_dir in windows_candidates(oslayer):
+            if not oslayer.isfile(wpcap):
+                tried.append("%s: not found" % wpcap)
+                continue
+            try:
+                return _load_one(oslayer, kind, wpcap, packet, dll_dir, windows, tried)
+            except CaptureUnavailableError:
+                continue
+    else:
+        for name in posix_candidates(oslayer):
+            try:
+                return _load_one(oslayer, "libpcap", name, None, None, windows, tried)
+            except CaptureUnavailableError:
+                continue
+    raise CaptureUnavailableError(
+        "no capture library could be loaded (tried: %s). Fix: %s"
+        % ("; ".join(tried), install_fix(oslayer)))
+
+
+def _load_one(oslayer, kind, path, packet_path, dll_dir, windows, tried, fix=None):
+    packet = packet_fns = None
+    try:
+        if dll_dir is not None:
+            with oslayer.dll_directory(dll_dir):
+                if packet_path and oslayer.isfile(packet_path):
+                    packet = oslayer.load(packet_path)
+                lib = oslayer.load(path)
+        else:
+            lib = oslayer.load(path)
+    except OSError as exc:
+        tried.append("%s: %s" % (path, exc))
+        if fix:
+            raise CaptureUnavailableError("cannot load the capture library %s: %s. Fix: %s"
+                                          % (path, exc, fix)) from exc
+        raise CaptureUnavailableError(str(exc)) from exc
+    fns = _pcap.bind_prototypes(lib, _pcap.PROTOTYPES, windows, path)
+    missing = [name for name in ("pcap_create", "pcap_activate", "pcap_next_ex", "pcap_compile")
+               if not getattr(fns, name)]
+    if missing:
+        tried.append("%s: lacks %s" % (path, ", ".join(missing)))
+        raise CaptureUnavailableError(
+            "%s is not a usable capture library (lacks %s). Fix: %s"
+            % (path, ", ".join(missing), fix or install_fix(oslayer)))
+    if packet is not None:
+        packet_fns = _pcap.bind_prototypes(packet, _pcap.PACKET_PROTOTYPES, windows, packet_path)
+    library = CaptureLibrary(kind if kind != "override" else ("npcap" if windows else "libpcap"),
+                             path, fns, packet_path if packet else None, packet_fns, windows)
+    log.debug("loaded %r", library)
+    return library
+
+
+_lock = threading.Lock()
+_library = None
+
+
+def get_library():
+    """The process-wide capture library, loaded on first call (thread-safe)."""
+    global _library
+    if _library is None:
+        with _lock:
+            if _library is None:
+                library = load_library()
+                _pcap.set_functions(library.fns)
+                _library = library
+    return _library
+
+
+def loaded_library():
+    """The capture library if it was already loaded, else None (never loads)."""
+    return _library

@@ -1,0 +1,71 @@
+"""Per-socket receive statistics.
+
+Plain integer attributes, bumped on the receive path (one thread receives at a time, so no lock),
+read by anyone through :meth:`Statistics.snapshot`.  Drops are counted by reason so that
+``check`` and ``tools/recv.py --stats`` can say *why* traffic did not arrive.
+"""
+
+# Reasons a captured frame or fragment is dropped as malformed (keys of ``malformed``).
+MALFORMED_REASONS = (
+    "link_truncated",        # shorter than its link-layer header
+    "link_not_ipv4",         # link layer says another protocol (counted, not an error)
+    "ip_truncated",          # shorter than an IPv4 header / its IHL / its total length
+    "ip_version",            # version field is not 4
+    "ip_header_length",      # IHL < 5
+    "ip_total_length",       # total length < header length
+    "ip_checksum",           # bad IPv4 header checksum
+    "udp_truncated",         # shorter than a UDP header
+    "udp_length",            # UDP length < 8 or beyond the IP payload
+    "udp_checksum",          # bad UDP checksum (only when verification is on)
+    "fragment_offset",       # offset/length beyond 65535
+    "fragment_alignment",    # a non-final fragment whose length is not a multiple of 8
+    "fragment_overlap",      # overlapping fragments: the whole datagram is dropped
+    "fragment_conflict",     # a second "last fragment" disagreeing on the total length
+)
+
+
+class Statistics:
+    """Counters of one socket.  All attributes are ints; ``malformed`` maps reason -> count."""
+
+    __slots__ = (
+        "frames", "delivered", "delivered_bytes", "truncated_deliveries", "not_for_us",
+        "own_multicast_dropped", "malformed", "fragments", "reassembled",
+        "reassembly_timeouts", "reassembly_evictions", "fragments_unwanted",
+        "pending_datagrams", "pending_bytes", "capture_drops",
+    )
+
+    def __init__(self):
+        self.frames = 0                  # frames read from the capture
+        self.delivered = 0               # datagrams handed to the caller
+        self.delivered_bytes = 0
+        self.truncated_deliveries = 0    # datagrams cut to the caller's buffer
+        self.not_for_us = 0              # well-formed, but other port/address/group
+        self.own_multicast_dropped = 0   # own multicast while multicast loopback is off
+        self.malformed = dict.fromkeys(MALFORMED_REASONS, 0)
+        self.fragments = 0               # IPv4 fragments received
+        self.reassembled = 0             # datagrams completed from fragments
+        self.reassembly_timeouts = 0     # incomplete datagrams expired by age
+        self.reassembly_evictions = 0    # incomplete datagrams evicted by the memory/count caps
+        self.fragments_unwanted = 0      # fragments of datagrams for other ports, let go early
+        self.pending_datagrams = 0       # gauge: datagrams being reassembled
+        self.pending_bytes = 0           # gauge: bytes held for reassembly
+        self.capture_drops = 0           # pcap_stats ps_drop (+ ps_ifdrop) at the last read
+
+    def drop(self, reason):
+        """Count one malformed frame or fragment."""
+        self.malformed[reason] += 1
+
+    @property
+    def malformed_total(self):
+        return sum(self.malformed.values())
+
+    def snapshot(self):
+        """A plain dict copy of every counter (``malformed`` as a nested dict)."""
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["malformed"] = dict(self.malformed)
+        out["malformed_total"] = self.malformed_total
+        return out
+
+    def __repr__(self):
+        return "Statistics(%s)" % ", ".join(
+            "%s=%r" % item for item in self.snapshot().items() if item[1])
