@@ -1,0 +1,401 @@
+"""Helpers shared by tools/send.py, tools/recv.py and tools/bench.py (stdlib only).
+
+* the datagram header the sender embeds and the receivers read back,
+* the clock used for one-way latency,
+* sequence and latency bookkeeping,
+* opening a receiver (``UdpcapSocket`` or a plain ``socket.socket``) the same way,
+* a writer for classic pcap savefiles (LINKTYPE_RAW with synthesized IPv4/UDP headers).
+
+The datagram header (network byte order, 24 bytes)::
+
+    offset 0   4 bytes  magic b"UCT1"
+    offset 4   u64      sequence number, starting at 0
+    offset 12  u64      send time, nanoseconds of the clock returned by :func:`clock_name`
+    offset 20  u32      total datagram length (the --size of the sender)
+
+followed by padding up to the datagram size.  The send time is CLOCK_MONOTONIC read with
+``time.clock_gettime_ns`` where the platform has it: on Linux that clock is machine-wide (also
+across network namespaces), so sender and receiver processes on the *same host* can compute a
+one-way latency.  Elsewhere ``time.monotonic_ns`` is used (also machine-wide on macOS and
+Windows).  Latencies between two different hosts are meaningless and are not computed.
+"""
+
+import errno
+import os
+import socket
+import struct
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MAGIC = b"UCT1"
+HEADER = struct.Struct("!4sQQI")
+HEADER_SIZE = HEADER.size          # 24
+MAX_UDP_PAYLOAD = 65507            # 65535 - 20 (IPv4) - 8 (UDP)
+
+
+def ensure_package_importable():
+    """Put the checkout's root on sys.path when udpcap_ctypes is not installed."""
+    try:
+        import udpcap_ctypes  # noqa: F401
+    except ImportError:
+        if REPO_ROOT not in sys.path:
+            sys.path.insert(0, REPO_ROOT)
+
+
+# --------------------------------------------------------------------------- clock
+
+if hasattr(time, "clock_gettime_ns") and hasattr(time, "CLOCK_MONOTONIC"):
+    _CLOCK_ID = time.CLOCK_MONOTONIC
+
+    def monotonic_ns():
+        """Machine-wide monotonic nanoseconds (CLOCK_MONOTONIC)."""
+        return time.clock_gettime_ns(_CLOCK_ID)
+
+    def clock_name():
+        return "CLOCK_MONOTONIC"
+else:  # Windows
+    monotonic_ns = time.monotonic_ns
+
+    def clock_name():
+        return "time.monotonic_ns"
+
+
+# --------------------------------------------------------------------------- header
+
+def make_payload(size):
+    """A reusable bytearray of *size* bytes with the magic in place and a fixed pad pattern."""
+    if size < HEADER_SIZE:
+        raise ValueError("datagram size %d is smaller than the %d-byte header; use --size >= %d"
+                         % (size, HEADER_SIZE, HEADER_SIZE))
+    if size > MAX_UDP_PAYLOAD:
+        raise ValueError("datagram size %d exceeds the IPv4 UDP maximum of %d bytes"
+                         % (size, MAX_UDP_PAYLOAD))
+    buf = bytearray(size)
+    pad = bytes(range(256))
+    for off in range(HEADER_SIZE, size, 256):
+        chunk = pad[:size - off]
+        buf[off:off + len(chunk)] = chunk
+    HEADER.pack_into(buf, 0, MAGIC, 0, 0, size)
+    return buf
+
+
+def stamp(buf, seq):
+    """Write sequence number and the current send time into *buf* (from :func:`make_payload`)."""
+    HEADER.pack_into(buf, 0, MAGIC, seq, monotonic_ns(), len(buf))
+
+
+def parse_header(data, length=None):
+    """``(seq, send_ns)`` of a datagram carrying our header, else None."""
+    if length is None:
+        length = len(data)
+    if length < HEADER_SIZE:
+        return None
+    magic, seq, send_ns, _size = HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        return None
+    return seq, send_ns
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+class SequenceTracker:
+    """Counts gaps, reorders and duplicates of the sequence numbers seen.
+
+    ``lost`` is the number of sequence numbers below the highest seen that never arrived
+    (a late arrival of one of them counts as a reorder and removes it from ``lost``).
+    Memory is bounded: at most *window* missing numbers are remembered.
+    """
+
+    def __init__(self, window=1 << 20):
+        self.highest = -1
+        self.unique = 0
+        self.gaps = 0          # number of times a jump forward skipped numbers
+        self.reorders = 0
+        self.duplicates = 0
+        self.missing = set()
+        self.window = window
+        self._forgotten = 0    # missing numbers dropped from the set to bound memory
+
+    def add(self, seq):
+        highest = self.highest
+        if seq == highest + 1:
+            self.highest = seq
+            self.unique += 1
+        elif seq > highest:
+            self.gaps += 1
+            if seq - highest - 1 <= self.window:
+                self.missing.update(range(highest + 1, seq))
+            else:
+                self._forgotten += seq - highest - 1
+            self.highest = seq
+            self.unique += 1
+            if len(self.missing) > self.window:
+                floor = seq - self.window
+                old = [s for s in self.missing if s < floor]
+                self.missing.difference_update(old)
+                self._forgotten += len(old)
+        elif seq in self.missing:
+            self.missing.discard(seq)
+            self.reorders += 1
+            self.unique += 1
+        else:
+            self.duplicates += 1
+
+    @property
+    def lost(self):
+        return len(self.missing) + self._forgotten
+
+
+def percentile(sorted_values, fraction):
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = int(round(fraction * (len(sorted_values) - 1)))
+    return sorted_values[max(0, min(len(sorted_values) - 1, rank))]
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    if len(values) % 2:
+        return values[mid]
+    return (values[mid - 1] + values[mid]) / 2.0
+
+
+def parse_hostport(text, default_host="0.0.0.0"):
+    """``"host:port"`` / ``":port"`` / ``"port"`` -> ``(host, port)``; raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    if not host:
+        host = default_host
+    try:
+        port = int(port)
+    except ValueError:
+        raise ValueError("%r is not HOST:PORT (port must be a number)" % text) from None
+    if not 0 <= port <= 65535:
+        raise ValueError("port %d in %r is out of range 0..65535" % (port, text))
+    return host, port
+
+
+def is_multicast(host):
+    try:
+        return 224 <= int(host.split(".")[0]) <= 239
+    except ValueError:
+        return False
+
+
+def pin_to_cpu(cpu):
+    """Pin this process to one CPU where the OS allows it; returns True on success."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return False
+    try:
+        available = os.sched_getaffinity(0)
+        if len(available) < 2 and cpu not in available:
+            return False
+        os.sched_setaffinity(0, {cpu})
+        return True
+    except OSError:
+        return False
+
+
+def is_root():
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+# --------------------------------------------------------------------------- receivers
+
+def import_udpcap_socket():
+    """The ``UdpcapSocket`` class, or raise ImportError saying why it is not available."""
+    ensure_package_importable()
+    import udpcap_ctypes
+    try:
+        cls = getattr(udpcap_ctypes, "UdpcapSocket")
+    except (AttributeError, ImportError) as exc:
+        try:
+            from udpcap_ctypes.udpcap_socket import UdpcapSocket as cls
+        except ImportError:
+            raise ImportError("udpcap_ctypes.UdpcapSocket is not available in this checkout "
+                              "(%s)" % exc) from exc
+    return cls
+
+
+def set_socket_rcvbuf(sock, size):
+    """SO_RCVBUF of a plain socket; as root SO_RCVBUFFORCE, which ignores net.core.rmem_max."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None and is_root():
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+        except OSError:
+            pass
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def open_receiver(use_socket, bind, groups=(), loopback=True, rcvbuf=None, timeout=None):
+    """Open and bind a receiver.
+
+    *use_socket* True gives a plain ``socket.socket(AF_INET, SOCK_DGRAM)``; False an
+    ``udpcap_ctypes.UdpcapSocket``.  Both are configured the same way: receive buffer, multicast
+    loopback, bind, group memberships, timeout.
+    """
+    host, port = bind
+    if use_socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if rcvbuf:
+                set_socket_rcvbuf(sock, rcvbuf)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1 if loopback else 0)
+            sock.bind((host, port))
+            for group in groups:
+                mreq = socket.inet_aton(group) + socket.inet_aton("0.0.0.0")
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        cls = import_udpcap_socket()
+        sock = cls()
+        try:
+            if rcvbuf:
+                sock.set_receive_buffer_size(max(rcvbuf, 65535))
+            sock.set_multicast_loopback(bool(loopback))
+            sock.bind((host, port))
+            for group in groups:
+                sock.join_multicast_group(group)
+        except BaseException:
+            sock.close()
+            raise
+    sock.settimeout(timeout)
+    return sock
+
+
+def receiver_statistics(sock):
+    """The receiver's own counters as a dict ({} for a plain socket or an older UdpcapSocket)."""
+    stats = getattr(sock, "statistics", None)
+    if stats is None:
+        return {}
+    try:
+        value = stats() if callable(stats) else stats
+    except Exception:  # diagnostics only: never let a counter read kill the receiver
+        return {}
+    if hasattr(value, "snapshot"):
+        value = value.snapshot()
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def is_timeout(exc):
+    return isinstance(exc, socket.timeout) or getattr(exc, "errno", None) in (
+        errno.EAGAIN, errno.ETIMEDOUT)
+
+
+# --------------------------------------------------------------------------- pcap savefile
+
+PCAP_MAGIC_USEC = 0xA1B2C3D4
+LINKTYPE_RAW = 101          # raw IPv4/IPv6, first nibble tells the version
+PCAP_SNAPLEN = 65535
+
+_PCAP_GLOBAL = struct.Struct("<IHHiIII")
+_PCAP_RECORD = struct.Struct("<IIII")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_UDP = struct.Struct("!HHHH")
+
+
+def ipv4_checksum(header):
+    total = 0
+    for (word,) in struct.iter_unpack("!H", header):
+        total += word
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def synthesize_ipv4_udp(payload, src, dst, ident=0, ttl=64):
+    """IPv4 header + UDP header + *payload* (UDP checksum 0 = "not computed", legal in IPv4)."""
+    (src_host, src_port), (dst_host, dst_port) = src, dst
+    udp_len = 8 + len(payload)
+    total = 20 + udp_len
+    if total > 65535:
+        raise ValueError("datagram of %d bytes does not fit an IPv4 packet" % len(payload))
+    src_raw, dst_raw = socket.inet_aton(src_host), socket.inet_aton(dst_host)
+    header = _IPV4.pack(0x45, 0, total, ident & 0xFFFF, 0, ttl, socket.IPPROTO_UDP, 0,
+                        src_raw, dst_raw)
+    header = header[:10] + struct.pack("!H", ipv4_checksum(header)) + header[12:]
+    return header + _UDP.pack(src_port, dst_port, udp_len, 0) + bytes(payload)
+
+
+class PcapWriter:
+    """Writes a classic (microsecond) pcap savefile, LINKTYPE_RAW, one record per datagram.
+
+    Each received datagram is stored as the IPv4/UDP packet that carried it, with synthesized
+    headers (no options, DF clear, UDP checksum 0), so Wireshark and tcpdump show source,
+    destination, ports and payload.
+    """
+
+    def __init__(self, path):
+        self._file = open(path, "wb")
+        self._ident = 0
+        self.records = 0
+        self._file.write(_PCAP_GLOBAL.pack(PCAP_MAGIC_USEC, 2, 4, 0, 0, PCAP_SNAPLEN,
+                                           LINKTYPE_RAW))
+
+    def write(self, payload, src, dst, timestamp=None):
+        packet = synthesize_ipv4_udp(payload, src, dst, self._ident)
+        self._ident += 1
+        if timestamp is None:
+            timestamp = time.time()
+        sec = int(timestamp)
+        usec = int(round((timestamp - sec) * 1e6))
+        if usec >= 1000000:
+            sec, usec = sec + 1, usec - 1000000
+        caplen = min(len(packet), PCAP_SNAPLEN)
+        self._file.write(_PCAP_RECORD.pack(sec, usec, caplen, len(packet)))
+        self._file.write(packet[:caplen])
+        self.records += 1
+
+    def close(self):
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+# --------------------------------------------------------------------------- output
+
+def format_rate(pps, bytes_per_s):
+    return "%10.0f dgram/s %8.2f MB/s" % (pps, bytes_per_s / 1e6)
+
+
+class LiveLine:
+    """A one-line progress display, rewritten with a carriage return, only on a TTY."""
+
+    def __init__(self, stream=None, enabled=None):
+        self.stream = stream or sys.stdout
+        if enabled is None:
+            enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.enabled = enabled
+        self._width = 0
+
+    def show(self, text):
+        if not self.enabled:
+            return
+        pad = max(0, self._width - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self._width = len(text)
+
+    def finish(self):
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
