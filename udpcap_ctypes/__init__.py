@@ -7,16 +7,10 @@ Importing this package loads no native library; ``UdpcapSocket()`` does, once pe
 
 from .errors import (CaptureUnavailableError, NotBoundError, PcapError, SocketClosedError,
                      UdpcapError)
+from .udpcap_socket import UdpcapSocket
 
 __version__ = "0.1.0"
 
 __all__ = ["UdpcapSocket", "UdpcapError", "CaptureUnavailableError", "NotBoundError",
            "SocketClosedError", "PcapError", "__version__"]
 
-
-def __getattr__(name):
-    # Lazy so that "import udpcap_ctypes" stays free of native loads and heavy imports.
-    if name == "UdpcapSocket":
-        from .socket import UdpcapSocket
-        return UdpcapSocket
-    raise AttributeError("module 'udpcap_ctypes' has no attribute %r" % name)

@@ -1,0 +1,230 @@
+"""Platform glue: everything that differs between POSIX libpcap and Windows Npcap.
+
+The receiver asks a :class:`Platform` object which devices to open, how large to make their
+snaplen, which frames are this host's own, what to add to a filter, how to wait, and how to hold
+a multicast membership.  No other module tests ``sys.platform`` for behaviour.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import socket
+import sys
+import time
+
+from . import _pcap, _structs
+
+log = logging.getLogger("udpcap_ctypes")
+
+MAX_SNAPLEN = 262144
+LINK_OVERHEAD = 64            # link header + up to two VLAN tags + slack, above the MTU
+
+
+def current(library):
+    """The :class:`Platform` for the loaded capture *library*."""
+    if library.windows:
+        return WindowsPlatform(library)
+    return PosixPlatform(library)
+
+
+class Platform:
+    """Behaviour shared by every platform; subclasses fill in the differences."""
+
+    # Where a datagram this host sends to a joined group shows up in the capture:
+    #   "egress"   -- as an outgoing frame on the sending interface (Linux: the looped-back
+    #                 copy is never shown to packet capture);
+    #   "loopback" -- on the loopback capture device (Npcap), outgoing frames are filtered.
+    own_multicast_seen_on = "egress"
+
+    def __init__(self, library):
+        self.library = library
+        self.fns = library.fns
+
+    def devices(self):
+        from ._capture import find_devices
+        return find_devices(self.fns)
+
+    def is_loopback(self, device):
+        return device.loopback_flag
+
+    def snaplen_for(self, device):
+        """MTU-sized snaplen: a frame (or fragment) never exceeds the MTU of its device."""
+        mtu = self.mtu(device)
+        return min(MAX_SNAPLEN, mtu + LINK_OVERHEAD)
+
+    def mtu(self, device):
+        return 65536 if self.is_loopback(device) else 1500
+
+    def own_macs(self, device, capture):
+        return ()
+
+    def extra_filter(self, device, own_macs, multicast_loopback):
+        """A clause ANDed to the device's BPF filter, or None."""
+        return None
+
+    def hold_memberships_default(self):
+        return True
+
+
+class PosixPlatform(Platform):
+    own_multicast_seen_on = "egress"
+
+    def __init__(self, library):
+        super().__init__(library)
+        self.libc = _load_libc()
+
+    def mtu(self, device):
+        try:
+            with open("/sys/class/net/%s/mtu" % device.name) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return super().mtu(device)
+
+    def own_macs(self, device, capture):
+        try:
+            with open("/sys/class/net/%s/address" % device.name) as f:
+                text = f.read().strip()
+            mac = bytes(int(part, 16) for part in text.split(":"))
+        except (OSError, ValueError):
+            return ()
+        return (mac,) if len(mac) == 6 and any(mac) else ()
+
+    def extra_filter(self, device, own_macs, multicast_loopback):
+        # Our own multicast shows up as outgoing frames; keep them out of the ring unless the
+        # socket wants them.  (The parser checks again: the filter is an optimisation.)
+        if own_macs and not multicast_loopback:
+            return " and ".join("not ether src %s" % _mac_text(m) for m in own_macs)
+        return None
+
+    def make_waiter(self, captures):
+        return PollWaiter(captures)
+
+
+class WindowsPlatform(Platform):
+    own_multicast_seen_on = "loopback"
+
+    def __init__(self, library):
+        super().__init__(library)
+        from . import _win32
+        self._win32 = _win32
+        self.api = _win32.Win32Api()
+        self.install = _win32.read_npcap_registry(_win32.WinregReader())
+        self.libc = None
+
+    def is_loopback(self, device):
+        return self._win32.is_loopback_device(device.name, self.install) or device.loopback_flag
+
+    def own_macs(self, device, capture):
+        if capture.linktype != _pcap.DLT_EN10MB:
+            return ()
+        mac = self._win32.adapter_mac(self.fns, capture.handle)
+        return (mac,) if mac else ()
+
+    def extra_filter(self, device, own_macs, multicast_loopback):
+        # Npcap shows frames this host sends on the real adapter, and locally sent multicast
+        # again on the loopback adapter: drop the former, as udpcap does.
+        if own_macs:
+            return " and ".join(self._win32.mac_filter_clause(m) for m in own_macs)
+        return None
+
+    def make_waiter(self, captures):
+        return self._win32.EventWaiter(self.api, [c.event_handle() for c in captures])
+
+    def prepare(self, capture):
+        # Deliver each frame at once instead of waiting for 16 kB to collect in the driver.
+        self.fns.pcap_setmintocopy(capture.handle, 0)
+
+    def hold_memberships_default(self):
+        # Keeping Winsock away from the traffic is the point on Windows: opt-in only.
+        return False
+
+
+def _mac_text(mac):
+    return ":".join("%02x" % b for b in mac)
+
+
+class PollWaiter:
+    """Waits on the selectable fds of POSIX captures plus a wake pipe (``select.poll``)."""
+
+    FALLBACK_SLICE = 0.01     # for devices without a selectable fd
+
+    def __init__(self, captures):
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._poll = select.poll()
+        self._poll.register(self._read_fd, select.POLLIN)
+        self._needs_slices = False
+        for capture in captures:
+            fd = capture.selectable_fd()
+            if fd < 0:
+                self._needs_slices = True
+            else:
+                self._poll.register(fd, select.POLLIN)
+
+    def wait(self, timeout):
+        """Block until a capture may have frames, :meth:`wake` is called, or *timeout* seconds
+        pass (None: no limit).  Returns False only on timeout.  May return early (spuriously);
+        callers re-check and loop to their own deadline."""
+        if self._needs_slices:
+            timeout = self.FALLBACK_SLICE if timeout is None else min(timeout,
+                                                                      self.FALLBACK_SLICE)
+        ms = None if timeout is None else max(0, int(timeout * 1000.0 + 0.999))
+        events = self._poll.poll(ms)
+        if not events:
+            return False
+        for fd, _ in events:
+            if fd == self._read_fd:
+                try:
+                    os.read(self._read_fd, 4096)
+                except BlockingIOError:
+                    pass
+        return True
+
+    def wake(self):
+        try:
+            os.write(self._write_fd, b"x")
+        except (BlockingIOError, OSError):
+            pass          # already woken (pipe full) or closing
+
+    def close(self):
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._read_fd = self._write_fd = -1
+
+
+class _Libc:
+    """The few C library calls the batch reader needs, declared once."""
+
+    IONBF = 2     # _IONBF in glibc, musl and the BSDs/macOS
+
+    PROTOTYPES = [
+        ("fmemopen", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]),
+        ("setvbuf", ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                    ctypes.c_size_t]),
+        ("fseek", ctypes.c_int, [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]),
+        ("fclose", ctypes.c_int, [ctypes.c_void_p]),
+    ]
+
+    def __init__(self, library):
+        for name, restype, argtypes in self.PROTOTYPES:
+            func = getattr(library, name)
+            func.restype = restype
+            func.argtypes = argtypes
+            setattr(self, name, func)
+
+
+def _load_libc():
+    """libc with fmemopen, or None (then captures fall back to pcap_next_ex)."""
+    if os.environ.get("UDPCAP_CTYPES_READER") == "next_ex":
+        return None
+    try:
+        return _Libc(ctypes.CDLL(None, use_errno=True))
+    except (OSError, AttributeError) as exc:
+        log.debug("no fmemopen in the C library (%s); using pcap_next_ex", exc)
+        return None
