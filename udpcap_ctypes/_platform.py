@@ -11,8 +11,8 @@ import logging
 import os
 import select
 import socket
+import struct
 import sys
-import time
 
 from . import _pcap, _structs
 
@@ -76,20 +76,19 @@ class PosixPlatform(Platform):
         self.libc = _load_libc()
 
     def mtu(self, device):
-        try:
-            with open("/sys/class/net/%s/mtu" % device.name) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
+        mtu = _interface_ioctl(device.name, _SIOCGIFMTU)
+        if mtu is None:
             return super().mtu(device)
+        return struct.unpack_from("=i", mtu, 16)[0]
 
     def own_macs(self, device, capture):
-        try:
-            with open("/sys/class/net/%s/address" % device.name) as f:
-                text = f.read().strip()
-            mac = bytes(int(part, 16) for part in text.split(":"))
-        except (OSError, ValueError):
+        if capture.linktype != _pcap.DLT_EN10MB:
             return ()
-        return (mac,) if len(mac) == 6 and any(mac) else ()
+        answer = _interface_ioctl(device.name, _SIOCGIFHWADDR)
+        if answer is None:
+            return ()
+        mac = bytes(answer[18:24])                 # ifr_hwaddr.sa_data
+        return (mac,) if any(mac) else ()
 
     def extra_filter(self, device, own_macs, multicast_loopback):
         # Our own multicast shows up as outgoing frames; keep them out of the ring unless the
@@ -143,6 +142,25 @@ class WindowsPlatform(Platform):
 
 def _mac_text(mac):
     return ":".join("%02x" % b for b in mac)
+
+
+# Linux interface ioctls.  They answer for the network namespace of the calling thread, which
+# /sys/class/net (the namespace that mounted sysfs) does not.
+_SIOCGIFMTU = 0x8921
+_SIOCGIFHWADDR = 0x8927
+
+
+def _interface_ioctl(name, request):
+    """The 40-byte ``struct ifreq`` answer for interface *name*, or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import fcntl
+        ifreq = struct.pack("16s24x", name.encode("utf-8")[:15])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            return fcntl.ioctl(probe.fileno(), request, ifreq)
+    except (OSError, ImportError, UnicodeError):
+        return None
 
 
 class PollWaiter:
