@@ -175,8 +175,8 @@ class Namespace:
 class NetPair:
     """Two namespaces ``a`` and ``b`` joined by a veth pair.
 
-    ``a.addr``-like attributes: ``addr_a``/``addr_b`` ("198.18.n.1"/"198.18.n.2"),
-    ``if_a``/``if_b`` (interface names inside each namespace), ``mtu``.
+    Attributes: ``addr_a``/``addr_b`` ("198.18.n.1"/"198.18.n.2"), ``if_a``/``if_b`` (the
+    veth interface inside each namespace), ``mtu``.
     """
 
     IF_A = "veth-a"
