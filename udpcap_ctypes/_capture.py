@@ -3,14 +3,15 @@
 This is the native half of the receive path.  It hands frames to the pure parser in
 :mod:`._packet` as ``(buffer, start, end)`` triples and never interprets them itself.
 
-Two frame readers exist:
+Frames are read in batches (:class:`BatchReader`): records in the savefile layout in one
+Python-owned buffer, which the receiver walks with ``struct`` and no native call per frame.
 
-* :class:`DumpBatchReader` (POSIX): one ``pcap_dispatch`` call moves a whole batch of frames from
-  the kernel ring into one Python-owned buffer, entirely in C -- the per-packet callback is
-  libpcap's own ``pcap_dump`` writing into an ``fmemopen`` stream over that buffer.  Python then
-  walks the batch with ``struct`` at no native-call cost per frame.  This is what lets a
+* :class:`DumpBatchReader` (POSIX): one ``pcap_dispatch`` call moves a whole batch from the
+  kernel ring into the buffer, entirely in C -- the per-packet callback is libpcap's own
+  ``pcap_dump`` writing into an ``fmemopen`` stream over that buffer.  This is what lets a
   ctypes receiver keep up with the kernel socket.
-* :class:`NextExReader` (everywhere, the Windows path): ``pcap_next_ex`` per frame.
+* :class:`NextExReader` (everywhere; the Windows path): ``pcap_next_ex`` and a ``memmove`` per
+  frame into the same kind of buffer.
 """
 
 import ctypes
@@ -28,7 +29,24 @@ log = logging.getLogger("udpcap_ctypes")
 # pcap_compile() keeps parser state in globals in many libpcap versions: serialise it.
 _compile_lock = threading.Lock()
 
-_CAPLEN_OFFSET = _structs.pcap_pkthdr.caplen.offset
+
+
+def _pkthdr_struct():
+    """``struct pcap_pkthdr`` as this platform lays it out (from the ctypes layout, so the
+    32-bit ``timeval`` of Windows and the padded one of macOS come out right)."""
+    hdr, tv = _structs.pcap_pkthdr, _structs.timeval
+    fields = [(hdr.ts.offset + tv.tv_sec.offset, tv.tv_sec.size),
+              (hdr.ts.offset + tv.tv_usec.offset, tv.tv_usec.size),
+              (hdr.caplen.offset, 4), (hdr.len.offset, 4)]
+    fmt, pos = "=", 0
+    for offset, size in fields:
+        fmt += "%dx" % (offset - pos) if offset > pos else ""
+        fmt += {4: "I", 8: "Q"}[size]
+        pos = offset + size
+    return struct.Struct(fmt + "%dx" % (ctypes.sizeof(hdr) - pos))
+
+
+_PKTHDR = _pkthdr_struct()
 _SF_RECORD = struct.Struct("=IIII")        # savefile record header: ts_sec, ts_usec, caplen, len
 _SF_CAPLEN = struct.Struct("=I")
 
@@ -132,7 +150,7 @@ class Capture:
             if libc is not None and getattr(fns, "pcap_dump_fopen", None):
                 self.reader = DumpBatchReader(fns, libc, self.handle, self.snaplen)
             else:
-                self.reader = NextExReader(fns, self.handle)
+                self.reader = NextExReader(fns, self.handle, self.snaplen)
         except BaseException:
             self.close()
             raise
@@ -179,46 +197,89 @@ class Capture:
             self.handle = None
 
 
-class NextExReader:
-    """Frames one at a time with ``pcap_next_ex``; each frame is valid until the next read."""
+class BatchReader:
+    """Frames in batches of savefile-format records in one Python-owned buffer.
 
-    def __init__(self, fns, handle):
+    After :meth:`refill` returns ``end > 0``, ``view[0:end]`` holds records, each a 16-byte
+    header (``ts_sec, ts_usec, caplen, len`` as native ``uint32``) followed by ``caplen``
+    captured bytes.  The records stay valid until the next :meth:`refill`; the caller walks
+    them without any native call per frame.  ``last_count`` is the number of records.
+    """
+
+    BUFFER_SIZE = 4 << 20
+    view = None
+    last_count = 0
+
+    def refill(self):
+        raise NotImplementedError
+
+    def frames(self):
+        """Iterate ``(start, end)`` of every frame of one refill (tests and tools)."""
+        end = self.refill()
+        pos = 0
+        while pos < end:
+            caplen = _SF_CAPLEN.unpack_from(self.view, pos + 8)[0]
+            yield (pos + 16, pos + 16 + caplen)
+            pos += 16 + caplen
+
+    def close(self):
+        pass
+
+
+class NextExReader(BatchReader):
+    """``pcap_next_ex`` per frame, each copied (``memmove``, in C) into the batch buffer.
+
+    The portable path, and Windows' (wpcap.dll cannot write a savefile to memory).  At most
+    ``max_batch`` frames per refill keep several devices fair.
+    """
+
+    def __init__(self, fns, handle, snaplen, size=None, max_batch=64):
+        size = size or max(self.BUFFER_SIZE, 2 * (snaplen + 16))
         self._next_ex = fns.pcap_next_ex
         self._handle = handle
-        self._fns = fns
         self._header = ctypes.POINTER(_structs.pcap_pkthdr)()
+        self._header_address = ctypes.c_void_p.from_buffer(self._header)   # aliases it
         self._data = ctypes.c_void_p()
         self._args = (handle, ctypes.byref(self._header), ctypes.byref(self._data))
-        self._header_address = ctypes.cast(ctypes.pointer(self._header),
-                                           ctypes.POINTER(ctypes.c_void_p))
+        self._buffer = ctypes.create_string_buffer(size)
+        self._address = ctypes.addressof(self._buffer)
+        self.view = memoryview(self._buffer).cast("B")
+        self._room = size - 16 - snaplen        # a record may start at any pos <= _room
+        self._max_batch = max_batch
 
-    def read(self):
-        """``(buffer, start, end)`` of the next frame, or None when nothing is queued."""
-        status = self._next_ex(*self._args)
-        if status == 1:
-            caplen = ctypes.c_uint32.from_address(
-                self._header_address.contents.value + _CAPLEN_OFFSET).value
-            frame = (ctypes.c_ubyte * caplen).from_address(self._data.value)
-            return (memoryview(frame).cast("B"), 0, caplen)
-        if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
-            return None
-        raise _pcap.status_error("pcap_next_ex", status, self._handle)
+    def refill(self):
+        pos = count = 0
+        header = self._header_address
+        data = self._data
+        view = self.view
+        while count < self._max_batch and pos <= self._room:
+            status = self._next_ex(*self._args)
+            if status != 1:
+                if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
+                    break
+                raise _pcap.status_error("pcap_next_ex", status, self._handle)
+            ts_sec, ts_usec, caplen, length = _PKTHDR.unpack(
+                ctypes.string_at(header.value, _PKTHDR.size))
+            ctypes.memmove(self._address + pos + 16, data.value, caplen)
+            _SF_RECORD.pack_into(view, pos, ts_sec & 0xFFFFFFFF, ts_usec & 0xFFFFFFFF, caplen,
+                                 length)
+            pos += 16 + caplen
+            count += 1
+        self.last_count = count
+        return pos
 
     def close(self):
         self._args = None
 
 
-class DumpBatchReader:
-    """POSIX fast path: batches of frames copied by libpcap itself into one Python buffer.
+class DumpBatchReader(BatchReader):
+    """POSIX fast path: a whole batch copied by libpcap itself, in C.
 
     ``pcap_dispatch(handle, count, pcap_dump, dumper)`` runs libpcap's savefile writer as the
-    per-packet callback, in C; the dumper writes to an unbuffered ``fmemopen`` stream over
+    per-packet callback; the dumper writes to an unbuffered ``fmemopen`` stream over
     :attr:`view`.  ``count`` is chosen so that a full batch of snaplen-sized records always
-    fits, so the stream can never truncate a record.  Frames stay valid until the batch is used
-    up and the next one is read.
+    fits, so the stream can never truncate a record.
     """
-
-    BUFFER_SIZE = 4 << 20
 
     def __init__(self, fns, libc, handle, snaplen, size=None):
         size = size or max(self.BUFFER_SIZE, 4 * (snaplen + 16))
@@ -231,6 +292,7 @@ class DumpBatchReader:
         self._dispatch = fns.pcap_dispatch
         self._flush = fns.pcap_dump_flush
         self._ftell = fns.pcap_dump_ftell
+        self._fseek = libc.fseek
         self._callback = ctypes.cast(fns.pcap_dump, ctypes.c_void_p).value
         self._dumper = None
         stream = libc.fmemopen(self._buffer, size, b"w")
@@ -243,32 +305,18 @@ class DumpBatchReader:
         except BaseException:
             libc.fclose(stream)
             raise
-        self._pos = self._end = 0
 
-    def read(self):
-        """``(buffer, start, end)`` of the next frame, or None when nothing is queued."""
-        pos = self._pos
-        if pos >= self._end:
-            if not self._refill():
-                return None
-            pos = 0
-        start = pos + 16
-        end = start + _SF_CAPLEN.unpack_from(self.view, pos + 8)[0]
-        self._pos = end
-        return (self.view, start, end)
-
-    def _refill(self):
-        self._libc.fseek(self._stream, 0, 0)
+    def refill(self):
+        self._fseek(self._stream, 0, 0)
         count = self._dispatch(self._handle, self._count, self._callback, self._dumper)
         if count <= 0:
-            self._pos = self._end = 0
+            self.last_count = 0
             if count < 0 and count != _pcap.PCAP_ERROR_BREAK:
                 raise _pcap.status_error("pcap_dispatch", count, self._handle)
-            return False
+            return 0
+        self.last_count = count
         self._flush(self._dumper)
-        self._end = self._ftell(self._dumper)
-        self._pos = 0
-        return self._end > 0
+        return self._ftell(self._dumper)
 
     def close(self):
         if self._dumper:

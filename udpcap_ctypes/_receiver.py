@@ -9,6 +9,7 @@ Locking: ``io_lock`` is held while frames are read or filters are swapped, never
 so ``join``/``leave``/``set_multicast_loopback`` from other threads wait at most one batch.
 """
 
+import collections
 import errno
 import logging
 import socket
@@ -16,7 +17,7 @@ import struct
 import threading
 import time
 
-from . import _capture, _packet
+from . import _capture, _packet, _pcap
 from ._kernel_sockets import MembershipHolder, PortGuard
 from ._reassembly import Reassembler
 
@@ -24,7 +25,9 @@ log = logging.getLogger("udpcap_ctypes")
 
 UDP = _packet.UDP
 _u16 = struct.Struct("!H")
+_SF_CAPLEN = struct.Struct("=I")      # caplen in a savefile record header (offset 8)
 _ADDRESS_CACHE_LIMIT = 4096
+_NOTHING = (None,) * 7
 
 
 def is_multicast(address):
@@ -39,16 +42,23 @@ class _OpenCapture:
     """A capture plus what the delivery rules need to know about its device."""
 
     __slots__ = ("capture", "device", "parse_link", "is_own", "is_loopback", "own_macs",
-                 "filter_text")
+                 "filter_text", "view", "refill", "pos", "end", "ethernet", "check_own")
 
-    def __init__(self, capture, device, is_loopback, own_macs):
+    def __init__(self, capture, device, is_loopback, own_macs, own_on_egress):
         self.capture = capture
         self.device = device
         self.is_loopback = is_loopback
         self.own_macs = own_macs
         self.parse_link = _packet.make_link_parser(capture.linktype)
         self.is_own = _packet.make_outgoing_test(capture.linktype, own_macs)
+        # Whether a frame's direction must be asked before delivering unicast (see _accepts).
+        self.check_own = own_on_egress and (bool(own_macs) or capture.linktype in (
+            _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
+        self.ethernet = capture.linktype == _pcap.DLT_EN10MB
         self.filter_text = None
+        self.view = capture.reader.view
+        self.refill = capture.reader.refill
+        self.pos = self.end = 0        # the unread part of the current batch
 
 
 class Receiver:
@@ -68,7 +78,8 @@ class Receiver:
         self.multicast_loopback = True
         self.memberships = None
         self.port_guard = None
-        self._addresses = {}
+        self._addresses = {}            # (src << 16 | sport) -> ("a.b.c.d", sport)
+        self._ready = collections.deque()   # (buffer, first, last, address) to hand out
         self._rr = 0
         self.reassembler = Reassembler(stats, max_age=options.reassembly_timeout,
                                        wanted=self._wanted_first_fragment)
@@ -105,7 +116,8 @@ class Receiver:
                         prepare(capture)
                     is_loopback = self.platform.is_loopback(device)
                     own_macs = () if is_loopback else self.platform.own_macs(device, capture)
-                    opened = _OpenCapture(capture, device, is_loopback, own_macs)
+                    opened = _OpenCapture(capture, device, is_loopback, own_macs,
+                                          self._own_on_egress)
                 except BaseException:
                     capture.close()
                     raise
@@ -175,8 +187,130 @@ class Receiver:
     def _wanted_first_fragment(self, udp_header):
         return _u16.unpack_from(udp_header, 2)[0] == self.port
 
-    def _accepts(self, dst, opened, buf, start):
-        """Delivery rules for a datagram to *dst* captured by *opened* (frame at *start*)."""
+    def poll(self, target, nbytes):
+        """Hand out the next deliverable datagram.  Caller holds ``io_lock``.
+
+        Returns ``(payload_or_count, address)`` or None when every capture is empty.  With a
+        *target* (a ``bytearray`` or a writable byte ``memoryview``) the payload is copied into
+        it, at most *nbytes*; otherwise a new ``bytes`` of at most *nbytes* is returned.
+        Datagrams come from :attr:`_ready`, which :meth:`_fill` refills one capture batch at a
+        time; ``stats.delivered`` is settled from the queue length (see :meth:`settle_stats`),
+        so handing out costs no counter update.
+        """
+        ready = self._ready
+        if not ready and not self._fill():
+            return None
+        buf, first, last, address = ready.popleft()
+        if last - first > nbytes:
+            self.stats.truncated_deliveries += 1
+            last = first + nbytes
+        if target is None:
+            return (bytes(buf[first:last]), address)
+        target[:last - first] = buf[first:last]
+        return (last - first, address)
+
+    def settle_stats(self):
+        """Make ``delivered``/``delivered_bytes`` count handed-out datagrams only."""
+        with self.io_lock:
+            stats = self.stats
+            stats.delivered = stats.accepted - len(self._ready)
+            stats.delivered_bytes = stats.accepted_bytes - sum(
+                last - first for _b, first, last, _a in self._ready)
+
+    def _fill(self):
+        """Read one batch from the next capture that has frames and queue what it delivers.
+
+        The batch stays valid until the next refill of that capture, which happens only once
+        :attr:`_ready` is empty again.  This is the hot loop: one pass over the records, the
+        untagged-Ethernet case decided without a call, the pure parser for the rest.
+        """
+        captures = self.captures
+        count = len(captures)
+        stats = self.stats
+        port = self.port
+        parse_ipv4 = _packet.parse_ipv4
+        caplen_at = _SF_CAPLEN.unpack_from
+        verify = self._verify_udp
+        append = self._ready.append
+        addresses = self._addresses
+        bound = self.bound_address
+        local = self.local_addresses
+        for turn in range(count):
+            index = (self._rr + turn) % count
+            opened = captures[index]
+            end = opened.refill()
+            if not end:
+                continue
+            self._rr = (index + 1) % count
+            view = opened.view
+            stats.frames += opened.capture.reader.last_count
+            parse_link = opened.parse_link
+            ethernet = opened.ethernet
+            check_own = opened.check_own
+            queued = len(self._ready)
+            pos = 0
+            while pos < end:
+                start = pos + 16
+                pos = start + caplen_at(view, pos + 8)[0]
+                if ethernet and pos - start >= 14 and view[start + 12] == 0x08 \
+                        and view[start + 13] == 0:
+                    ip = start + 14
+                else:
+                    ip = parse_link(view, start, pos, stats)
+                    if ip < 0:
+                        continue
+                parsed = parse_ipv4(view, ip, pos, stats, verify)
+                if parsed is None:
+                    continue
+                if parsed[0] == UDP:
+                    _, src, dst, sport, dport, first, last = parsed
+                    buf = view
+                else:
+                    buf, src, dst, sport, dport, first, last = self._reassemble(view, parsed)
+                    if buf is None:
+                        continue
+                if dport != port:
+                    stats.not_for_us += 1
+                    continue
+                # Delivery rules.  Common case inline: unicast, incoming.
+                if dst >> 28 == 0xE or (check_own and opened.is_own(view, start)):
+                    if not self._accepts_special(dst, opened, view, start):
+                        continue
+                elif bound:
+                    if dst != bound:
+                        stats.not_for_us += 1
+                        continue
+                elif dst not in local and dst >> 24 != 127:
+                    stats.not_for_us += 1
+                    continue
+                key = (src << 16) | sport
+                address = addresses.get(key)
+                if address is None:
+                    address = self._address(key, src, sport)
+                stats.accepted_bytes += last - first
+                append((buf, first, last, address))
+            queued = len(self._ready) - queued
+            if queued:
+                stats.accepted += queued
+                return True
+        return False
+
+    def _reassemble(self, view, parsed):
+        """Feed a fragment; ``(segment, src, dst, sport, dport, first, last)`` when it
+        completes a UDP datagram, else a tuple starting with None."""
+        _, src, dst, ident, offset, more, first, last = parsed
+        segment = self.reassembler.add(src, dst, ident, offset, more,
+                                       view[first:last], time.monotonic())
+        if segment is None:
+            return _NOTHING
+        udp = _packet.parse_udp(segment, src, dst, self.stats, self._verify_udp)
+        if udp is None:
+            return _NOTHING
+        _, src, dst, sport, dport, first, last = udp
+        return (memoryview(segment), src, dst, sport, dport, first, last)
+
+    def _accepts_special(self, dst, opened, buf, start):
+        """Delivery rules for multicast, and for frames this host sent itself."""
         if dst >> 28 == 0xE:
             if dst not in self.groups:
                 self.stats.not_for_us += 1
@@ -189,87 +323,14 @@ class Receiver:
                 self.stats.own_multicast_dropped += 1
                 return False
             return True
-        if self._own_on_egress and opened.is_own(buf, start):
-            self.stats.not_for_us += 1         # unicast this host sent elsewhere
-            return False
-        if self.bound_address:
-            ok = dst == self.bound_address
-        else:
-            ok = dst in self.local_addresses or dst >> 24 == 127
-        if not ok:
-            self.stats.not_for_us += 1
-        return ok
+        self.stats.not_for_us += 1             # unicast this host sent elsewhere
+        return False
 
-    def _address(self, src, sport):
-        host = self._addresses.get(src)
-        if host is None:
-            if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
-                self._addresses.clear()
-            host = self._addresses[src] = socket.inet_ntoa(struct.pack("!I", src))
-        return (host, sport)
-
-    def poll(self, target, nbytes):
-        """Read frames until one datagram is delivered.  Caller holds ``io_lock``.
-
-        Returns ``(payload_or_count, address)`` or None when every capture is empty.  With a
-        *target* (writable byte memoryview) the payload is copied into it, at most *nbytes*;
-        otherwise a new ``bytes`` of at most *nbytes* is returned.
-        """
-        captures = self.captures
-        count = len(captures)
-        stats = self.stats
-        port = self.port
-        parse_ipv4 = _packet.parse_ipv4
-        verify = self._verify_udp
-        for turn in range(count):
-            opened = captures[(self._rr + turn) % count]
-            read = opened.capture.reader.read
-            parse_link = opened.parse_link
-            while True:
-                frame = read()
-                if frame is None:
-                    break
-                stats.frames += 1
-                buf, start, end = frame
-                ip = parse_link(buf, start, end, stats)
-                if ip < 0:
-                    continue
-                parsed = parse_ipv4(buf, ip, end, stats, verify)
-                if parsed is None:
-                    continue
-                if parsed[0] == UDP:
-                    _, src, dst, sport, dport, first, last = parsed
-                    if dport != port:
-                        stats.not_for_us += 1
-                        continue
-                else:
-                    _, src, dst, ident, offset, more, first, last = parsed
-                    segment = self.reassembler.add(src, dst, ident, offset, more,
-                                                   buf[first:last], time.monotonic())
-                    if segment is None:
-                        continue
-                    parsed = _packet.parse_udp(segment, src, dst, stats, verify)
-                    if parsed is None:
-                        continue
-                    _, src, dst, sport, dport, first, last = parsed
-                    if dport != port:
-                        stats.not_for_us += 1
-                        continue
-                    buf = memoryview(segment)
-                if not self._accepts(dst, opened, frame[0], start):
-                    continue
-                self._rr = (self._rr + turn + 1) % count
-                size = last - first
-                stats.delivered += 1
-                stats.delivered_bytes += size
-                if size > nbytes:
-                    stats.truncated_deliveries += 1
-                    size = nbytes
-                if target is None:
-                    return (bytes(buf[first:first + size]), self._address(src, sport))
-                target[:size] = buf[first:first + size]
-                return (size, self._address(src, sport))
-        return None
+    def _address(self, key, src, sport):
+        if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
+            self._addresses.clear()
+        address = self._addresses[key] = (socket.inet_ntoa(struct.pack("!I", src)), sport)
+        return address
 
     def capture_drops(self):
         with self.io_lock:
@@ -293,6 +354,7 @@ class Receiver:
             self.port_guard.close()
             self.port_guard = None
         self.reassembler.clear()
+        self._ready.clear()
 
 
 def select_devices(devices, address, is_loopback):

@@ -28,7 +28,7 @@ class Statistics:
     """Counters of one socket.  All attributes are ints; ``malformed`` maps reason -> count."""
 
     __slots__ = (
-        "frames", "delivered", "delivered_bytes", "truncated_deliveries", "not_for_us",
+        "frames", "accepted", "accepted_bytes", "delivered", "delivered_bytes", "truncated_deliveries", "not_for_us",
         "own_multicast_dropped", "malformed", "fragments", "reassembled",
         "reassembly_timeouts", "reassembly_evictions", "fragments_unwanted",
         "pending_datagrams", "pending_bytes", "capture_drops",
@@ -36,7 +36,9 @@ class Statistics:
 
     def __init__(self):
         self.frames = 0                  # frames read from the capture
-        self.delivered = 0               # datagrams handed to the caller
+        self.accepted = 0                # datagrams queued for the caller
+        self.accepted_bytes = 0
+        self.delivered = 0               # datagrams handed to the caller (settled on snapshot)
         self.delivered_bytes = 0
         self.truncated_deliveries = 0    # datagrams cut to the caller's buffer
         self.not_for_us = 0              # well-formed, but other port/address/group

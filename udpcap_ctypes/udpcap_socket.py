@@ -240,44 +240,42 @@ class UdpcapSocket:
 
     def recvfrom_into(self, buffer, nbytes=0):
         """Copy the next datagram into *buffer*; return ``(nbytes_copied, (host, port))``."""
-        view = memoryview(buffer)
-        if view.readonly:
-            raise TypeError("recvfrom_into() argument 'buffer' must be read-write bytes-like "
-                            "object")
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        if nbytes < 0:
-            raise ValueError("negative buffersize in recvfrom_into")
-        if nbytes == 0:
-            nbytes = len(view)
-        elif nbytes > len(view):
-            raise ValueError("nbytes is greater than the length of the buffer")
-        return self._receive(view, nbytes)
+        if nbytes == 0 and type(buffer) is bytearray:
+            return self._receive(buffer, len(buffer))      # the common case, no view needed
+        return self._receive(*_writable_bytes(buffer, nbytes))
 
     def recv_into(self, buffer, nbytes=0):
         return self.recvfrom_into(buffer, nbytes)[0]
 
     def _receive(self, target, nbytes):
+        receiver = self._receiver
+        if receiver is None:
+            if self._closed:
+                raise SocketClosedError()
+            raise NotBoundError()
+        # Fast path: something is queued.  close() takes io_lock before it releases the
+        # captures, so holding it here is enough.
+        with receiver.io_lock:
+            if self._closed:
+                raise SocketClosedError()
+            result = receiver.poll(target, nbytes)
+        if result is not None:
+            return result
+        if self._timeout == 0.0:
+            raise BlockingIOError(errno.EAGAIN, "no datagram is queued (non-blocking)")
+        return self._wait_and_receive(receiver, target, nbytes)
+
+    def _wait_and_receive(self, receiver, target, nbytes):
+        """Slow path: wait for frames.  Registered as a waiter, so close() leaves the
+        waiter (and the captures) to the last waiting thread instead of closing them under it."""
+        timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._state_lock:
             if self._closed:
                 raise SocketClosedError()
-            receiver = self._receiver
-            if receiver is None:
-                raise NotBoundError()
             self._receiving += 1
         try:
-            timeout = self._timeout
-            deadline = None if timeout is None else time.monotonic() + timeout
-            io_lock = receiver.io_lock
             while True:
-                with io_lock:
-                    if self._closed:
-                        raise SocketClosedError()
-                    result = receiver.poll(target, nbytes)
-                if result is not None:
-                    return result
-                if timeout == 0.0:
-                    raise BlockingIOError(errno.EAGAIN, "no datagram is queued (non-blocking)")
                 if deadline is None:
                     receiver.waiter.wait(None)
                 else:
@@ -285,8 +283,12 @@ class UdpcapSocket:
                     if remaining <= 0:
                         raise socket.timeout("timed out")
                     receiver.waiter.wait(remaining)
-                if self._closed:
-                    raise SocketClosedError()
+                with receiver.io_lock:
+                    if self._closed:
+                        raise SocketClosedError()
+                    result = receiver.poll(target, nbytes)
+                if result is not None:
+                    return result
         finally:
             with self._state_lock:
                 self._receiving -= 1
@@ -294,7 +296,8 @@ class UdpcapSocket:
                 if release:
                     self._release_pending = False
             if release:
-                receiver.close()
+                with receiver.io_lock:
+                    receiver.close()
 
     # -- statistics and lifetime -------------------------------------------------------------
 
@@ -303,6 +306,7 @@ class UdpcapSocket:
         receiver = self._receiver
         if receiver is not None and not self._closed:
             self._stats.capture_drops = receiver.capture_drops()
+            receiver.settle_stats()
         return self._stats.snapshot()
 
     def filter_expressions(self):
@@ -325,9 +329,10 @@ class UdpcapSocket:
         if receiver is None:
             return
         if busy:
-            receiver.waiter.wake()       # the last receiver out releases the captures
+            receiver.waiter.wake()       # the last waiting receiver releases the captures
         else:
-            receiver.close()
+            with receiver.io_lock:       # waits for a fast-path poll() to finish
+                receiver.close()
 
     def _check_open(self):
         if self._closed:
@@ -351,6 +356,22 @@ class UdpcapSocket:
         state = "closed" if self._closed else ("bound to %s:%d" % self._sockname
                                                if self._sockname else "unbound")
         return "<UdpcapSocket %s>" % state
+
+
+def _writable_bytes(buffer, nbytes):
+    """``(target, nbytes)`` for recvfrom_into: a writable byte view of *buffer*."""
+    view = memoryview(buffer)
+    if view.readonly:
+        raise TypeError("recvfrom_into() argument 'buffer' must be read-write bytes-like object")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if nbytes < 0:
+        raise ValueError("negative buffersize in recvfrom_into")
+    if nbytes == 0:
+        nbytes = len(view)
+    elif nbytes > len(view):
+        raise ValueError("nbytes is greater than the length of the buffer")
+    return view, nbytes
 
 
 def _free_port(host):
