@@ -226,7 +226,7 @@ def import_udpcap_socket():
 
 def set_socket_rcvbuf(sock, size):
     """SO_RCVBUF of a plain socket; as root SO_RCVBUFFORCE, which ignores net.core.rmem_max."""
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    force = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
     if force is not None and is_root():
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
@@ -236,12 +236,14 @@ def set_socket_rcvbuf(sock, size):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def open_receiver(use_socket, bind, groups=(), loopback=True, rcvbuf=None, timeout=None):
+def open_receiver(use_socket, bind, groups=(), loopback=True, rcvbuf=None, timeout=None,
+                  options=None):
     """Open and bind a receiver.
 
     *use_socket* True gives a plain ``socket.socket(AF_INET, SOCK_DGRAM)``; False an
     ``udpcap_ctypes.UdpcapSocket``.  Both are configured the same way: receive buffer, multicast
-    loopback, bind, group memberships, timeout.
+    loopback, bind, group memberships, timeout.  *options* are keyword arguments of the
+    ``UdpcapSocket`` constructor.
     """
     host, port = bind
     if use_socket:
@@ -260,7 +262,7 @@ def open_receiver(use_socket, bind, groups=(), loopback=True, rcvbuf=None, timeo
             raise
     else:
         cls = import_udpcap_socket()
-        sock = cls()
+        sock = cls(**(options or {}))
         try:
             if rcvbuf:
                 sock.set_receive_buffer_size(max(rcvbuf, 65535))

@@ -239,10 +239,10 @@ def main(argv=None):
         receiver = Receiver(sock, stats=args.stats, count=args.count, timeout=args.timeout,
                             pcap=pcap, pcap_dst=(dst_host, local[1]),
                             show_bytes=args.show_bytes, quiet=args.quiet)
-        if not args.json:
-            print("%s receiving on %s:%d%s" % (kind, local[0], local[1],
-                                               " groups " + ",".join(args.join)
-                                               if args.join else ""), flush=True)
+        # on stderr, so that stdout stays data only (and tests can wait for this line)
+        print("%s receiving on %s:%d%s" % (kind, local[0], local[1],
+                                           " groups " + ",".join(args.join) if args.join else ""),
+              file=sys.stderr, flush=True)
         result = receiver.run()
     finally:
         sock.close()

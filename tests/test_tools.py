@@ -1,0 +1,324 @@
+"""tools/send.py, tools/recv.py and tools/bench.py, run as a user runs them (subprocesses).
+
+Traffic goes only to 127.0.0.1.  Tests that capture (UdpcapSocket, bench) are marked ``live``:
+they need root and libpcap, and in CI a skip is a failure.
+"""
+
+import ctypes
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, "tools")
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+import _common  # noqa: E402  (tools/_common.py)
+import bench  # noqa: E402
+import send  # noqa: E402
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name):
+    return [sys.executable, os.path.join(TOOLS, name)]
+
+
+def start_recv(args, timeout=20):
+    """Start recv.py and wait until it says it is receiving (its stderr banner)."""
+    proc = subprocess.Popen(tool("recv.py") + args, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, cwd="/")
+    line = proc.stderr.readline()
+    if "receiving on" not in line:
+        out, err = proc.communicate(timeout=timeout)
+        pytest.fail("recv.py did not start: %s%s%s" % (line, err, out))
+    return proc
+
+
+def finish_recv(proc, timeout=30):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, "recv.py failed (%d): %s" % (proc.returncode, err)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_send(args, timeout=60):
+    done = subprocess.run(tool("send.py") + args + ["--json", "--quiet"], cwd="/",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- --help
+
+@pytest.mark.parametrize("script", ["send.py", "recv.py", "bench.py"])
+def test_help_exits_zero_from_any_directory(script):
+    done = subprocess.run(tool(script) + ["--help"], cwd="/", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
+
+
+def test_bad_arguments_say_what_is_wrong():
+    done = subprocess.run(tool("send.py") + ["127.0.0.1:notaport"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert done.returncode == 2
+    assert "HOST:PORT" in done.stderr
+    done = subprocess.run(tool("send.py") + ["127.0.0.1:9", "--size", "10", "--count", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60)
+    assert done.returncode == 2
+    assert "--size >= 24" in done.stderr
+
+
+# --------------------------------------------------------------------------- helpers
+
+def test_sequence_tracker_counts_gaps_reorders_duplicates():
+    t = _common.SequenceTracker()
+    for seq in [0, 1, 2, 5, 3, 3, 6, 9, 4]:
+        t.add(seq)
+    # 5 skips 3,4 (gap 1); 9 skips 7,8 (gap 2); 3 and 4 arrive late; the second 3 is a duplicate
+    assert (t.gaps, t.reorders, t.duplicates, t.lost, t.unique) == (2, 2, 1, 2, 8)
+    assert t.missing == {7, 8}
+
+
+def test_payload_header_round_trip():
+    buf = _common.make_payload(100)
+    before = _common.monotonic_ns()
+    _common.stamp(buf, 12345)
+    seq, sent_ns = _common.parse_header(buf)
+    assert seq == 12345
+    assert before <= sent_ns <= _common.monotonic_ns()
+    assert _common.parse_header(b"XXXX" + bytes(buf[4:])) is None
+    assert bytes(buf[24:28]) == b"\x00\x01\x02\x03"
+
+
+def test_send_paces_low_rates_without_bursting():
+    """send() at 200 datagrams/s: ~1 s for 200, and they arrive spread out, not in a burst."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        port = rx.getsockname()[1]
+        result = send.send("127.0.0.1", port, size=64, rate=200, count=200)
+        arrivals = []
+        for _ in range(200):
+            data = rx.recv(2048)
+            arrivals.append(_common.parse_header(data)[1])
+    assert result["sent"] == 200
+    assert 0.9 <= result["seconds"] <= 1.6, result
+    gaps_ms = [(b - a) / 1e6 for a, b in zip(arrivals, arrivals[1:])]
+    gaps_ms.sort()
+    assert 3.0 <= gaps_ms[len(gaps_ms) // 2] <= 7.0, "median spacing should be ~5 ms"
+
+
+def test_summary_table_and_svg_from_runs():
+    runs = {
+        bench.BASELINE: {"idle": {"idle": [{"cpu_pct": 0.1}]}, "sizes": {"32": {
+            "path": "loopback", "count": 10,
+            "drain": [{"rate": 100.0, "cpu_us": 2.0, "drops": 0, "duplicates": 0}] * 3,
+            "latency": [{"p50_us": 10.0, "p99_us": 20.0, "drops": 0}]}}},
+        "UdpcapSocket.recvfrom_into": {"idle": {"idle": [{"cpu_pct": 0.5}]}, "sizes": {"32": {
+            "path": "loopback", "count": 10,
+            "drain": [{"rate": r, "cpu_us": c, "drops": 0, "duplicates": 0}
+                      for r, c in ((40.0, 6.0), (50.0, 5.0), (60.0, 4.0))],
+            "latency": [{"p50_us": 30.0, "p99_us": 90.0, "drops": 0}]}}},
+    }
+    rows = bench.summarize(runs)
+    assert [r["receiver"] for r in rows] == ["UdpcapSocket.recvfrom_into", bench.BASELINE]
+    udpcap = rows[0]
+    assert udpcap["drain_rate"] == 50.0 and udpcap["cpu_us_per_datagram"] == 5.0
+    assert udpcap["rate_ratio"] == 0.5 and udpcap["cpu_ratio"] == 2.5
+    text = bench.table(rows)
+    assert "UdpcapSocket.recvfrom_into" in text and "0.50" in text and "2.50" in text
+    root = ET.fromstring(bench.svg_chart(rows))
+    rects = list(root.iter("{http://www.w3.org/2000/svg}rect"))[1:]     # [0] is the background
+    widths = [float(r.get("width")) for r in rects]
+    assert widths == [210.0, 420.0]    # bars proportional to the rates 50 and 100
+
+
+# --------------------------------------------------------------------------- send -> recv
+
+def test_send_to_recv_socket_receives_all_without_gaps():
+    port = free_port()
+    proc = start_recv(["--socket", "--bind", "127.0.0.1:%d" % port, "--count", "2000",
+                       "--timeout", "10", "--json", "--quiet"])
+    sent = run_send(["127.0.0.1:%d" % port, "--count", "2000", "--rate", "20000",
+                     "--size", "200"])
+    got = finish_recv(proc)
+    assert sent["sent"] == 2000
+    assert got["receiver"] == "socket"
+    assert got["received"] == 2000 and got["unique"] == 2000
+    assert (got["lost"], got["gaps"], got["reorders"], got["duplicates"]) == (0, 0, 0, 0)
+    assert got["bytes"] == 2000 * 200
+    assert got["latency_p50_us"] is not None and got["latency_p50_us"] > 0
+
+
+def test_recv_fails_when_count_not_reached():
+    port = free_port()
+    proc = start_recv(["--socket", "--bind", "127.0.0.1:%d" % port, "--count", "5",
+                       "--timeout", "0.5", "--json"])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "only 0 of 5" in err
+    assert json.loads(out.strip().splitlines()[-1])["timed_out"] is True
+
+
+def read_with_libpcap(path):
+    """Every record of a savefile through the real libpcap: (datalink, [(caplen, len, bytes)])."""
+    from udpcap_ctypes import _loader, _structs
+    fns = _loader.get_library().fns
+    errbuf = ctypes.create_string_buffer(256)
+    handle = fns.pcap_open_offline(path.encode(), errbuf)
+    records = []
+    try:
+        datalink = fns.pcap_datalink(handle)
+        header = ctypes.POINTER(_structs.pcap_pkthdr)()
+        data = ctypes.c_void_p()
+        while True:
+            rc = fns.pcap_next_ex(handle, ctypes.byref(header), ctypes.byref(data))
+            if rc == -2:            # end of file
+                break
+            assert rc == 1, "pcap_next_ex returned %d" % rc
+            h = header.contents
+            records.append((h.caplen, h.len, ctypes.string_at(data.value, h.caplen)))
+    finally:
+        fns.pcap_close(handle)
+    return datalink, records
+
+
+def check_ipv4_udp(packet, src_port, dst, dst_port):
+    assert packet[0] == 0x45 and packet[9] == socket.IPPROTO_UDP
+    total = struct.unpack("!H", packet[2:4])[0]
+    assert total == len(packet)
+    assert _common.ipv4_checksum(packet[:20]) == 0, "IPv4 header checksum must verify"
+    assert packet[16:20] == socket.inet_aton(dst)
+    sport, dport, ulen, _ = struct.unpack("!HHHH", packet[20:28])
+    assert (dport, ulen) == (dst_port, total - 20)
+    if src_port is not None:
+        assert sport == src_port
+    return packet[28:]
+
+
+def test_pcap_file_of_recv_reads_back_with_libpcap_and_tcpdump(tmp_path):
+    port = free_port()
+    path = str(tmp_path / "recv.pcap")
+    proc = start_recv(["--socket", "--bind", "127.0.0.1:%d" % port, "--count", "20",
+                       "--timeout", "10", "--json", "--quiet", "--pcap", path])
+    run_send(["127.0.0.1:%d" % port, "--count", "20", "--rate", "1000", "--size", "300"])
+    got = finish_recv(proc)
+    assert got["pcap_records"] == 20
+    datalink, records = read_with_libpcap(path)
+    assert datalink in (12, 14, 101), "LINKTYPE_RAW reads back as DLT_RAW, got %d" % datalink
+    assert len(records) == 20
+    expected = _common.make_payload(300)
+    for seq, (caplen, length, packet) in enumerate(records):
+        assert caplen == length == 328
+        payload = check_ipv4_udp(packet, None, "127.0.0.1", port)
+        assert _common.parse_header(payload)[0] == seq
+        assert payload[:4] == b"UCT1" and payload[20:] == bytes(expected[20:])
+    if shutil.which("tcpdump"):
+        done = subprocess.run(["tcpdump", "-n", "-r", path], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert len(lines) == 20
+        assert all("127.0.0.1.%d: UDP, length 300" % port in line for line in lines), lines[0]
+
+
+def test_pcap_writer_large_datagram_reads_back(tmp_path):
+    """A 65507-byte datagram (the IPv4 maximum) survives the writer and libpcap whole."""
+    path = str(tmp_path / "big.pcap")
+    small, big = b"hello", bytes(range(256)) * 255 + bytes(227)
+    assert len(big) == 65507
+    with _common.PcapWriter(path) as w:
+        w.write(small, ("10.1.2.3", 1234), ("239.0.0.1", 14000), timestamp=1700000000.25)
+        w.write(big, ("10.1.2.3", 1235), ("239.0.0.1", 14000))
+    _, records = read_with_libpcap(path)
+    assert [r[1] for r in records] == [33, 65535]
+    assert check_ipv4_udp(records[0][2], 1234, "239.0.0.1", 14000) == small
+    assert check_ipv4_udp(records[1][2], 1235, "239.0.0.1", 14000) == big
+    assert records[0][2][12:16] == socket.inet_aton("10.1.2.3")
+
+
+# --------------------------------------------------------------------------- UdpcapSocket
+
+def require_udpcap_socket():
+    sys.path.insert(0, REPO)
+    import udpcap_ctypes
+    try:
+        present = hasattr(udpcap_ctypes, "UdpcapSocket")
+    except ImportError as exc:
+        pytest.fail("udpcap_ctypes.UdpcapSocket cannot be imported: %s" % exc)
+    if not present:
+        pytest.fail("udpcap_ctypes.UdpcapSocket is missing: tools/recv.py and tools/bench.py "
+                    "need it (udpcap_ctypes/udpcap_socket.py, exported from __init__)")
+
+
+@pytest.mark.live
+def test_send_to_recv_udpcap_socket_receives_all():
+    require_udpcap_socket()
+    port = free_port()
+    proc = start_recv(["--bind", "127.0.0.1:%d" % port, "--count", "500", "--timeout", "10",
+                       "--json", "--quiet"])
+    run_send(["127.0.0.1:%d" % port, "--count", "500", "--rate", "2000", "--size", "100"])
+    got = finish_recv(proc)
+    assert got["receiver"] == "UdpcapSocket"
+    assert got["received"] == 500 and got["unique"] == 500
+    assert (got["lost"], got["gaps"], got["duplicates"]) == (0, 0, 0)
+    assert got["counters"].get("delivered") == 500, got["counters"]
+
+
+@pytest.mark.live
+def test_recv_stats_lines_show_udpcap_counters():
+    require_udpcap_socket()
+    port = free_port()
+    proc = start_recv(["--bind", "127.0.0.1:%d" % port, "--count", "1500", "--timeout", "10",
+                       "--stats"])
+    run_send(["127.0.0.1:%d" % port, "--count", "1500", "--rate", "1000", "--size", "64"])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = out.strip().splitlines()
+    live = [line for line in lines if "dgram/s" in line]
+    assert live, out
+    assert "delivered=" in live[0] and "lat p50" in live[0]
+    assert lines[-1].startswith("UdpcapSocket: received 1500 datagrams")
+    assert "lost 0" in lines[-1]
+
+
+@pytest.mark.live
+def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
+    require_udpcap_socket()
+    receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", bench.BASELINE]
+    started = time.monotonic()
+    done = subprocess.run(tool("bench.py") + ["--quick", "--json", "--port", str(free_port()),
+                                              "--receivers", ",".join(receivers)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    rows = {(r["receiver"], r["size"]): r for r in report["rows"]}
+    assert set(rows) == {(name, size) for name in receivers for size in (32, 1400)}
+    for (name, size), row in rows.items():
+        assert not row["errors"], (name, size, row["errors"])
+        assert row["drain_rate"] > 0 and row["cpu_us_per_datagram"] > 0, row
+        assert row["latency_p50_us"] > 0 and row["latency_p99_us"] >= row["latency_p50_us"]
+        assert row["idle_cpu_pct"] is not None and row["idle_cpu_pct"] < 50, row
+        assert row["rate_ratio"] > 0 and row["cpu_ratio"] > 0
+        assert row["latency_drops"] == 0, row
+    for size in (32, 1400):
+        base = rows[(bench.BASELINE, size)]
+        assert base["rate_ratio"] == 1.0 and base["drops"] == 0
+    assert time.monotonic() - started < 240
