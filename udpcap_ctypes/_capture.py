@@ -206,7 +206,7 @@ class BatchReader:
     them without any native call per frame.  ``last_count`` is the number of records.
     """
 
-    BUFFER_SIZE = 4 << 20
+    BUFFER_SIZE = 2 << 20
     view = None
     last_count = 0
 

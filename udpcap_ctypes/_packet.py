@@ -163,8 +163,9 @@ def _parse_ethernet(buf, start, end, stats):
     return -1
 
 
-def _null_parser(byte_order):
-    other = AF_INET << 24 if byte_order == "little" else None
+def _null_parser(byte_order, accept_swapped):
+    # AF_INET written in the other byte order reads as AF_INET << 24 whatever ``byte_order`` is.
+    other = AF_INET << 24 if accept_swapped else None
 
     def parse_null(buf, start, end, stats):
         if end - start < 4:
@@ -219,9 +220,9 @@ def make_link_parser(linktype):
     if linktype == _pcap.DLT_EN10MB:
         return _parse_ethernet
     if linktype == _pcap.DLT_NULL:
-        return _null_parser(sys.byteorder)
+        return _null_parser(sys.byteorder, True)
     if linktype == _pcap.DLT_LOOP:
-        return _null_parser("big")
+        return _null_parser("big", False)          # always network byte order
     if linktype == _pcap.DLT_LINUX_SLL:
         return _parse_sll
     if linktype == _pcap.DLT_LINUX_SLL2:

@@ -67,6 +67,9 @@ class Platform:
     def hold_memberships_default(self):
         return True
 
+    def groups_joined(self, groups, captures, multicast_loopback):
+        """Called with newly joined groups (ints) once captures are open."""
+
 
 class PosixPlatform(Platform):
     own_multicast_seen_on = "egress"
@@ -138,6 +141,19 @@ class WindowsPlatform(Platform):
     def hold_memberships_default(self):
         # Keeping Winsock away from the traffic is the point on Windows: opt-in only.
         return False
+
+    def groups_joined(self, groups, captures, multicast_loopback):
+        # Windows loops this host's own multicast to the Npcap loopback adapter only once a
+        # local socket has been a member: udpcap's kickstart (one short-lived socket).
+        if not (groups and multicast_loopback and any(c.is_loopback for c in captures)):
+            return
+        try:
+            self._win32.loopback_kickstart(
+                [socket.inet_ntoa(struct.pack("!I", g)) for g in sorted(groups)])
+        except OSError as exc:
+            log.warning("multicast loopback kickstart failed (%s): datagrams this host sends "
+                        "to the group may not be captured until another local program joins it",
+                        exc)
 
 
 def _mac_text(mac):

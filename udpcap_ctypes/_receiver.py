@@ -124,6 +124,7 @@ class Receiver:
                 self.captures.append(opened)
                 self._apply_filter(opened)
             self.waiter = self.platform.make_waiter([c.capture for c in self.captures])
+            self.platform.groups_joined(self.groups, self.captures, multicast_loopback)
             hold = self.options.hold_memberships
             if hold is None:
                 hold = self.platform.hold_memberships_default()
@@ -169,8 +170,8 @@ class Receiver:
     def update(self, groups=None, multicast_loopback=None):
         """Swap groups and/or the loopback flag; refilter every capture (any thread)."""
         with self.io_lock:
+            old = self.groups
             if groups is not None:
-                old = self.groups
                 self.groups = frozenset(groups)
                 if self.memberships is not None:
                     for group in self.groups - old:
@@ -181,6 +182,8 @@ class Receiver:
                 self.multicast_loopback = multicast_loopback
             for opened in self.captures:
                 self._apply_filter(opened)
+            fresh = self.groups - old if multicast_loopback is None else self.groups
+            self.platform.groups_joined(fresh, self.captures, self.multicast_loopback)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -238,61 +241,65 @@ class Receiver:
         for turn in range(count):
             index = (self._rr + turn) % count
             opened = captures[index]
-            end = opened.refill()
-            if not end:
-                continue
-            self._rr = (index + 1) % count
             view = opened.view
-            stats.frames += opened.capture.reader.last_count
             parse_link = opened.parse_link
             ethernet = opened.ethernet
             check_own = opened.check_own
-            queued = len(self._ready)
-            pos = 0
-            while pos < end:
-                start = pos + 16
-                pos = start + caplen_at(view, pos + 8)[0]
-                if ethernet and pos - start >= 14 and view[start + 12] == 0x08 \
-                        and view[start + 13] == 0:
-                    ip = start + 14
-                else:
-                    ip = parse_link(view, start, pos, stats)
-                    if ip < 0:
+            # Drain this capture until a batch yields something or it is empty: on Windows the
+            # read event is not signalled again for frames libpcap already holds, so waiting
+            # with frames left behind could sleep on data that has arrived.
+            while True:
+                end = opened.refill()
+                if not end:
+                    break
+                stats.frames += opened.capture.reader.last_count
+                queued = len(self._ready)
+                pos = 0
+                while pos < end:
+                    start = pos + 16
+                    pos = start + caplen_at(view, pos + 8)[0]
+                    if ethernet and pos - start >= 14 and view[start + 12] == 0x08 \
+                            and view[start + 13] == 0:
+                        ip = start + 14
+                    else:
+                        ip = parse_link(view, start, pos, stats)
+                        if ip < 0:
+                            continue
+                    parsed = parse_ipv4(view, ip, pos, stats, verify)
+                    if parsed is None:
                         continue
-                parsed = parse_ipv4(view, ip, pos, stats, verify)
-                if parsed is None:
-                    continue
-                if parsed[0] == UDP:
-                    _, src, dst, sport, dport, first, last = parsed
-                    buf = view
-                else:
-                    buf, src, dst, sport, dport, first, last = self._reassemble(view, parsed)
-                    if buf is None:
-                        continue
-                if dport != port:
-                    stats.not_for_us += 1
-                    continue
-                # Delivery rules.  Common case inline: unicast, incoming.
-                if dst >> 28 == 0xE or (check_own and opened.is_own(view, start)):
-                    if not self._accepts_special(dst, opened, view, start):
-                        continue
-                elif bound:
-                    if dst != bound:
+                    if parsed[0] == UDP:
+                        _, src, dst, sport, dport, first, last = parsed
+                        buf = view
+                    else:
+                        buf, src, dst, sport, dport, first, last = self._reassemble(view, parsed)
+                        if buf is None:
+                            continue
+                    if dport != port:
                         stats.not_for_us += 1
                         continue
-                elif dst not in local and dst >> 24 != 127:
-                    stats.not_for_us += 1
-                    continue
-                key = (src << 16) | sport
-                address = addresses.get(key)
-                if address is None:
-                    address = self._address(key, src, sport)
-                stats.accepted_bytes += last - first
-                append((buf, first, last, address))
-            queued = len(self._ready) - queued
-            if queued:
-                stats.accepted += queued
-                return True
+                    # Delivery rules.  Common case inline: unicast, incoming.
+                    if dst >> 28 == 0xE or (check_own and opened.is_own(view, start)):
+                        if not self._accepts_special(dst, opened, view, start):
+                            continue
+                    elif bound:
+                        if dst != bound:
+                            stats.not_for_us += 1
+                            continue
+                    elif dst not in local and dst >> 24 != 127:
+                        stats.not_for_us += 1
+                        continue
+                    key = (src << 16) | sport
+                    address = addresses.get(key)
+                    if address is None:
+                        address = self._address(key, src, sport)
+                    stats.accepted_bytes += last - first
+                    append((buf, first, last, address))
+                queued = len(self._ready) - queued
+                if queued:
+                    stats.accepted += queued
+                    self._rr = (index + 1) % count
+                    return True
         return False
 
     def _reassemble(self, view, parsed):

@@ -20,7 +20,10 @@ from .errors import NotBoundError, SocketClosedError
 log = logging.getLogger("udpcap_ctypes")
 
 MIN_RECEIVE_BUFFER = 65535
-DEFAULT_RECEIVE_BUFFER = 4 << 20
+# The capture ring per device.  In immediate mode Linux cuts it into snaplen-sized slots:
+# ~2 KiB on an MTU-1500 device (16 MiB ~ 8,000 frames), 128 KiB on lo (MTU 65536), where every
+# datagram is also captured twice (outgoing and incoming): 16 MiB holds 64 loopback datagrams.
+DEFAULT_RECEIVE_BUFFER = 16 << 20
 
 
 class Options:
