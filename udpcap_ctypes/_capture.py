@@ -290,7 +290,6 @@ class DumpBatchReader(BatchReader):
         self.view = memoryview(self._buffer).cast("B")
         self._count = max(1, (size - 64) // (16 + snaplen))
         self._dispatch = fns.pcap_dispatch
-        self._flush = fns.pcap_dump_flush
         self._ftell = fns.pcap_dump_ftell
         self._fseek = libc.fseek
         self._callback = ctypes.cast(fns.pcap_dump, ctypes.c_void_p).value
@@ -305,9 +304,11 @@ class DumpBatchReader(BatchReader):
         except BaseException:
             libc.fclose(stream)
             raise
+        self.last_count = 1          # the savefile header was written: rewind before use
 
     def refill(self):
-        self._fseek(self._stream, 0, 0)
+        if self.last_count:
+            self._fseek(self._stream, 0, 0)      # reuse the buffer from its start
         count = self._dispatch(self._handle, self._count, self._callback, self._dumper)
         if count <= 0:
             self.last_count = 0
@@ -315,7 +316,7 @@ class DumpBatchReader(BatchReader):
                 raise _pcap.status_error("pcap_dispatch", count, self._handle)
             return 0
         self.last_count = count
-        self._flush(self._dumper)
+        # The stream is unbuffered, so every record is already in the buffer: no flush.
         return self._ftell(self._dumper)
 
     def close(self):

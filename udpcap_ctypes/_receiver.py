@@ -118,6 +118,13 @@ class Receiver:
                     own_macs = () if is_loopback else self.platform.own_macs(device, capture)
                     opened = _OpenCapture(capture, device, is_loopback, own_macs,
                                           self._own_on_egress)
+                except _packet.UnsupportedLinkType as exc:
+                    capture.close()
+                    if address == 0 and len(chosen) > 1:
+                        log.warning("not capturing on %s: %s", device.name, exc)
+                        continue
+                    raise OSError(errno.EPROTONOSUPPORT, "cannot capture on %s: %s"
+                                  % (device.name, exc)) from None
                 except BaseException:
                     capture.close()
                     raise
