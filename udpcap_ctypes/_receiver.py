@@ -130,6 +130,12 @@ class Receiver:
                     raise
                 self.captures.append(opened)
                 self._apply_filter(opened)
+            # Between activation and the filter, the ring took whatever the device carried; on a
+            # busy loopback that can fill it and drop the first datagrams for us.  libpcap runs
+            # the new filter over those frames in user space, so reading them now keeps what is
+            # ours (queued) and frees the ring.
+            while self._fill():
+                pass
             self.waiter = self.platform.make_waiter([c.capture for c in self.captures])
             self.platform.groups_joined(self.groups, self.captures, multicast_loopback)
             hold = self.options.hold_memberships
