@@ -53,11 +53,12 @@ def _describe(proc):
 
 
 # --------------------------------------------------------------------------------------------
-# Live: the real command on this machine (root namespace: only 127.0.0.1 traffic)
+# Live: the real command, run inside a test-created namespace so that its device probe sees only
+# that namespace's own lo, never the machine's real interfaces.
 
 @pytest.mark.live
-def test_check_live_exit_0_with_self_test_counts():
-    proc = run_check()
+def test_check_live_exit_0_with_self_test_counts(netns):
+    proc = run_check(prefix=netns.exec_argv([]))
     assert proc.returncode == 0, _describe(proc)
     match = SELF_TEST_RE.search(proc.stdout)
     assert match, _describe(proc)
@@ -72,8 +73,8 @@ def test_check_live_exit_0_with_self_test_counts():
 
 
 @pytest.mark.live
-def test_check_live_json_ok_with_count_and_verbose_filters():
-    proc = run_check(["--json", "--count", "50", "--verbose"])
+def test_check_live_json_ok_with_count_and_verbose_filters(netns):
+    proc = run_check(["--json", "--count", "50", "--verbose"], prefix=netns.exec_argv([]))
     assert proc.returncode == 0, _describe(proc)
     report = json.loads(proc.stdout)
     assert report["ok"] is True
@@ -93,8 +94,9 @@ def test_check_live_json_ok_with_count_and_verbose_filters():
 
 
 @pytest.mark.live
-def test_check_live_python_m_package_is_the_check():
-    proc = subprocess.run([sys.executable, "-m", "udpcap_ctypes", "--json", "--count", "20"],
+def test_check_live_python_m_package_is_the_check(netns):
+    proc = subprocess.run(netns.exec_argv([sys.executable, "-m", "udpcap_ctypes", "--json",
+                                           "--count", "20"]),
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=60)
     assert proc.returncode == 0, _describe(proc)
@@ -102,8 +104,9 @@ def test_check_live_python_m_package_is_the_check():
 
 
 @pytest.mark.live
-def test_check_live_ascii_stdout_falls_back_to_ok_fail_words():
-    proc = run_check(["--count", "20"], env_extra={"PYTHONIOENCODING": "ascii"})
+def test_check_live_ascii_stdout_falls_back_to_ok_fail_words(netns):
+    proc = run_check(["--count", "20"], env_extra={"PYTHONIOENCODING": "ascii"},
+                     prefix=netns.exec_argv([]))
     assert proc.returncode == 0, _describe(proc)
     assert "[ok] self-test: 20/20 datagrams received" in proc.stdout
     assert "✓" not in proc.stdout and " us, p99 " in proc.stdout
@@ -169,9 +172,9 @@ def nobody_tree():
 
 @pytest.mark.live
 def test_check_as_nobody_without_capabilities_fails_with_permission_error_and_setcap(
-        nobody_tree):
+        nobody_tree, netns):
     python, directory = nobody_tree
-    prefix = SETPRIV + ["--inh-caps=-all"]
+    prefix = netns.exec_argv(SETPRIV + ["--inh-caps=-all"])
     extra = {"PYTHONPATH": directory}
     proc = run_check(["--count", "20"], env_extra=extra, python=python, cwd=directory,
                      prefix=prefix)
@@ -197,12 +200,13 @@ def test_check_as_nobody_without_capabilities_fails_with_permission_error_and_se
 
 
 @pytest.mark.live
-def test_check_as_nobody_with_only_net_raw_and_net_admin_capabilities_passes(nobody_tree):
+def test_check_as_nobody_with_only_net_raw_and_net_admin_capabilities_passes(nobody_tree,
+                                                                             netns):
     python, directory = nobody_tree
     caps = "+net_raw,+net_admin"
     proc = run_check(["--count", "50"], env_extra={"PYTHONPATH": directory}, python=python,
-                     cwd=directory,
-                     prefix=SETPRIV + ["--inh-caps=" + caps, "--ambient-caps=" + caps])
+                     cwd=directory, prefix=netns.exec_argv(
+                         SETPRIV + ["--inh-caps=" + caps, "--ambient-caps=" + caps]))
     assert proc.returncode == 0, _describe(proc)
     assert "✓ privileges: running as uid 65534 with CAP_NET_RAW and CAP_NET_ADMIN" \
         in proc.stdout
