@@ -1,0 +1,252 @@
+"""Frame-crafting helpers for the packet-path tests (stdlib only, independent of the parser).
+
+Everything here is written from the RFCs / link-layer formats, not from udpcap_ctypes._packet, so
+the tests compare the parser with a second implementation:
+
+* :func:`checksum16` -- RFC 1071 ones'-complement checksum with a plain 16-bit loop;
+* :func:`ipv4` -- an IPv4 header (+ payload) with a correct checksum, options, any flags, and
+  every field overridable to build hostile packets;
+* :func:`udp` -- a UDP segment with a correct (or given, or zero) checksum;
+* :func:`fragment_ip` -- split a UDP segment into IPv4 fragments;
+* link layers: :func:`ethernet` (with 802.1Q/802.1ad tags and padding), :func:`sll`,
+  :func:`sll2`, :func:`null` (DLT_NULL, either byte order), :func:`loop` (DLT_LOOP),
+  :func:`raw`, and :data:`LINK_WRAPPERS` by link type;
+* :func:`write_pcap` -- a classic pcap savefile.
+
+Addresses are ints or dotted-quad strings.
+"""
+
+import socket
+import struct
+import sys
+
+DLT_NULL = 0
+DLT_EN10MB = 1
+DLT_RAW = 12
+DLT_RAW_BSD = 14
+LINKTYPE_RAW = 101
+DLT_LOOP = 108
+DLT_LINUX_SLL = 113
+DLT_IPV4 = 228
+DLT_LINUX_SLL2 = 276
+
+ETH_IPV4 = 0x0800
+ETH_ARP = 0x0806
+ETH_IPV6 = 0x86DD
+ETH_8021Q = 0x8100
+ETH_8021AD = 0x88A8
+ETH_QINQ_OLD = 0x9100
+
+PACKET_HOST = 0
+PACKET_OUTGOING = 4
+
+MAC_A = bytes.fromhex("020000000001")
+MAC_B = bytes.fromhex("020000000002")
+
+
+def addr(value):
+    """An IPv4 address (int or dotted quad) as an int."""
+    if isinstance(value, int):
+        return value
+    return struct.unpack("!I", socket.inet_aton(value))[0]
+
+
+def addr_bytes(value):
+    return struct.pack("!I", addr(value))
+
+
+def checksum16(data):
+    """RFC 1071 Internet checksum of *data*: 16-bit words, end-around carry, complement."""
+    if len(data) & 1:
+        data = bytes(data) + b"\0"
+    total = 0
+    for i in range(0, len(data), 2):
+        total += (data[i] << 8) | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ones_sum16(data):
+    """RFC 1071 folded ones'-complement sum (not complemented); 0xFFFF for a valid header."""
+    return ~checksum16(data) & 0xFFFF
+
+
+def udp_checksum(src, dst, segment):
+    """The UDP checksum of *segment* (its checksum field must be zero), 0 mapped to 0xFFFF."""
+    pseudo = addr_bytes(src) + addr_bytes(dst) + struct.pack("!BBH", 0, 17, len(segment))
+    value = checksum16(pseudo + bytes(segment))
+    return value or 0xFFFF
+
+
+def udp(payload, sport=40000, dport=5000, src=None, dst=None, checksum=True, length=None):
+    """A UDP segment.  ``checksum``: True = correct (needs src/dst), False/0 = none, int = that.
+
+    ``length`` overrides the UDP length field (the checksum is computed over the real bytes with
+    that field, so only the length lies).
+    """
+    payload = bytes(payload)
+    ulen = 8 + len(payload) if length is None else length
+    segment = struct.pack("!HHHH", sport, dport, ulen & 0xFFFF, 0) + payload
+    if checksum is True:
+        value = udp_checksum(src, dst, segment)
+    else:
+        value = int(checksum or 0)
+    return segment[:6] + struct.pack("!H", value) + segment[8:]
+
+
+def ipv4(payload, src="198.18.0.1", dst="198.18.0.2", proto=17, ident=0x1234, ttl=64,
+         offset_bytes=0, mf=False, df=False, options=b"", tos=0, version=4, ihl=None,
+         total_length=None, checksum=None, flags_raw=None):
+    """An IPv4 packet.  The checksum is correct unless ``checksum`` gives one.
+
+    ``options`` are padded with zero (EOL) bytes to a multiple of 4.  ``ihl`` (in 32-bit words)
+    and ``total_length`` override the fields after the real sizes are laid out, and the checksum
+    is computed over the header *as written*, so only the overridden field lies.
+    """
+    options = bytes(options)
+    if len(options) % 4:
+        options += b"\0" * (4 - len(options) % 4)
+    header_len = 20 + len(options)
+    if ihl is None:
+        ihl = header_len // 4
+    if total_length is None:
+        total_length = header_len + len(payload)
+    if flags_raw is None:
+        if offset_bytes % 8:
+            raise ValueError("fragment offset must be a multiple of 8")
+        flags_raw = (0x4000 if df else 0) | (0x2000 if mf else 0) | (offset_bytes >> 3)
+    header = bytearray(struct.pack(
+        "!BBHHHBBH4s4s", ((version & 0xF) << 4) | (ihl & 0xF), tos, total_length & 0xFFFF,
+        ident & 0xFFFF, flags_raw & 0xFFFF, ttl, proto, 0, addr_bytes(src), addr_bytes(dst)))
+    header += options
+    value = checksum16(header) if checksum is None else checksum
+    struct.pack_into("!H", header, 10, value)
+    return bytes(header) + bytes(payload)
+
+
+def fragment_ip(segment, src, dst, ident, size=1480, proto=17, options=b""):
+    """IPv4 fragments carrying *segment* (a whole UDP segment), *size* payload bytes each.
+
+    Returns ``[(offset_bytes, more_fragments, packet)]`` in order.
+    """
+    if size % 8:
+        raise ValueError("fragment size must be a multiple of 8")
+    out = []
+    for offset in range(0, len(segment), size):
+        chunk = segment[offset:offset + size]
+        more = offset + size < len(segment)
+        out.append((offset, more, ipv4(chunk, src, dst, proto=proto, ident=ident,
+                                       offset_bytes=offset, mf=more, options=options)))
+    return out
+
+
+# -- link layers -------------------------------------------------------------------------------
+
+def ethernet(packet, src_mac=MAC_A, dst_mac=MAC_B, vlans=(), ethertype=ETH_IPV4, pad_to=60,
+             pad_byte=0xA5):
+    """An Ethernet II frame.  ``vlans``: outer first, ``(tpid, vid)`` pairs or bare VIDs (802.1Q).
+
+    Padded to ``pad_to`` bytes (60 = minimum frame without FCS) with ``pad_byte``, as a NIC would.
+    """
+    frame = bytearray(dst_mac + src_mac)
+    for tag in vlans:
+        tpid, vid = tag if isinstance(tag, tuple) else (ETH_8021Q, tag)
+        frame += struct.pack("!HH", tpid, vid & 0x0FFF)
+    frame += struct.pack("!H", ethertype) + bytes(packet)
+    if len(frame) < pad_to:
+        frame += bytes([pad_byte]) * (pad_to - len(frame))
+    return bytes(frame)
+
+
+def sll(packet, pkttype=PACKET_HOST, protocol=ETH_IPV4, hatype=1, lladdr=MAC_A):
+    """A Linux cooked (DLT_LINUX_SLL) frame: 16-byte header."""
+    address = (bytes(lladdr) + b"\0" * 8)[:8]
+    return struct.pack("!HHH8sH", pkttype, hatype, len(lladdr), address, protocol) + bytes(packet)
+
+
+def sll2(packet, pkttype=PACKET_HOST, protocol=ETH_IPV4, ifindex=2, hatype=1, lladdr=MAC_A):
+    """A Linux cooked v2 (DLT_LINUX_SLL2) frame: 20-byte header."""
+    address = (bytes(lladdr) + b"\0" * 8)[:8]
+    return (struct.pack("!HHIHBB8s", protocol, 0, ifindex, hatype, pkttype, len(lladdr), address)
+            + bytes(packet))
+
+
+def null(packet, family=socket.AF_INET, byteorder=sys.byteorder):
+    """A DLT_NULL frame: 4-byte address family in *byteorder* (the capturing host's)."""
+    return int(family).to_bytes(4, byteorder) + bytes(packet)
+
+
+def loop(packet, family=socket.AF_INET):
+    """A DLT_LOOP frame: like DLT_NULL, family always big-endian."""
+    return int(family).to_bytes(4, "big") + bytes(packet)
+
+
+def raw(packet):
+    return bytes(packet)
+
+
+# link type -> (wrapper(packet) for an ordinary IPv4 frame, link header length)
+LINK_WRAPPERS = {
+    DLT_EN10MB: (ethernet, 14),
+    DLT_LINUX_SLL: (sll, 16),
+    DLT_LINUX_SLL2: (sll2, 20),
+    DLT_NULL: (null, 4),
+    DLT_LOOP: (loop, 4),
+    DLT_RAW: (raw, 0),
+    DLT_RAW_BSD: (raw, 0),
+    LINKTYPE_RAW: (raw, 0),
+    DLT_IPV4: (raw, 0),
+}
+
+
+def wrap(linktype, packet, **kwargs):
+    """*packet* in an ordinary frame of *linktype*."""
+    return LINK_WRAPPERS[linktype][0](packet, **kwargs)
+
+
+# -- savefiles ---------------------------------------------------------------------------------
+
+def pcap_bytes(frames, linktype=DLT_EN10MB, snaplen=65535, byteorder="<", nanosecond=False):
+    """A classic pcap savefile holding *frames* (bytes, or ``(bytes, wire_length)``)."""
+    magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+    out = [struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    for i, frame in enumerate(frames):
+        if isinstance(frame, tuple):
+            frame, wire = frame
+        else:
+            wire = len(frame)
+        caplen = min(len(frame), snaplen)
+        out.append(struct.pack(byteorder + "IIII", 1700000000 + i // 1000, (i % 1000) * 1000,
+                               caplen, wire))
+        out.append(bytes(frame[:caplen]))
+    return b"".join(out)
+
+
+def write_pcap(path, frames, **kwargs):
+    with open(path, "wb") as fh:
+        fh.write(pcap_bytes(frames, **kwargs))
+    return path
+
+
+def read_pcap(path):
+    """``(linktype, [frame bytes])`` of a classic pcap savefile, parsed with struct (either order).
+
+    Used to cross-check what libpcap hands out and to read files tcpdump wrote.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read()
+    magic_le = struct.unpack_from("<I", data, 0)[0]
+    if magic_le in (0xA1B2C3D4, 0xA1B23C4D):
+        order = "<"
+    elif struct.unpack_from(">I", data, 0)[0] in (0xA1B2C3D4, 0xA1B23C4D):
+        order = ">"
+    else:
+        raise ValueError("%s is not a classic pcap savefile" % path)
+    linktype = struct.unpack_from(order + "I", data, 20)[0] & 0x0FFFFFFF
+    frames = []
+    pos = 24
+    while pos + 16 <= len(data):
+        caplen = struct.unpack_from(order + "I", data, pos + 8)[0]
+        frames.append(data[pos + 16:pos + 16 + caplen])
+        pos += 16 + caplen
+    return linktype, frames
