@@ -668,6 +668,9 @@ def main(argv=None):
         print(table(rows))
         print("(medians of %d run(s); ratios vs %s; %.0f s)"
               % (args.repeat, BASELINE, report["seconds"]))
+        if any(row["drops"] for row in rows):
+            print("drops: datagrams of the drain run that did not fit the receiver's buffer "
+                  "(--rcvbuf %d) while it was not reading" % args.rcvbuf)
     return 0
 
 
