@@ -57,6 +57,10 @@ class Platform:
     def mtu(self, device):
         return 65536 if self.is_loopback(device) else 1500
 
+    def ring_size(self, requested, snaplen, immediate):
+        """Capture buffer bytes to ask libpcap for, given the user's *requested* size."""
+        return requested
+
     def own_macs(self, device, capture):
         return ()
 
@@ -83,6 +87,18 @@ class PosixPlatform(Platform):
         if mtu is None:
             return super().mtu(device)
         return struct.unpack_from("=i", mtu, 16)[0]
+
+    # In immediate mode (TPACKET_V2) Linux cuts the ring into slots of a power of two at least
+    # the snaplen plus the packet header; a ring of fewer slots than this loses bursts (and on
+    # lo, where each datagram is captured outgoing and incoming, even single datagrams).
+    MIN_RING_SLOTS = 32
+    TPACKET_OVERHEAD = 96
+
+    def ring_size(self, requested, snaplen, immediate):
+        if not immediate or not sys.platform.startswith("linux"):
+            return requested
+        slot = 1 << (snaplen + self.TPACKET_OVERHEAD - 1).bit_length()
+        return max(requested, self.MIN_RING_SLOTS * slot)
 
     def own_macs(self, device, capture):
         if capture.linktype != _pcap.DLT_EN10MB:

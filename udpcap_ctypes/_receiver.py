@@ -23,9 +23,7 @@ from ._reassembly import Reassembler
 
 log = logging.getLogger("udpcap_ctypes")
 
-UDP = _packet.UDP
 _u16 = struct.Struct("!H")
-_SF_CAPLEN = struct.Struct("=I")      # caplen in a savefile record header (offset 8)
 _ADDRESS_CACHE_LIMIT = 4096
 _NOTHING = (None,) * 7
 
@@ -42,7 +40,7 @@ class _OpenCapture:
     """A capture plus what the delivery rules need to know about its device."""
 
     __slots__ = ("capture", "device", "parse_link", "is_own", "is_loopback", "own_macs",
-                 "filter_text", "view", "refill", "pos", "end", "ethernet", "check_own")
+                 "filter_text", "view", "refill", "parse_batch", "check_own")
 
     def __init__(self, capture, device, is_loopback, own_macs, own_on_egress):
         self.capture = capture
@@ -54,11 +52,10 @@ class _OpenCapture:
         # Whether a frame's direction must be asked before delivering unicast (see _accepts).
         self.check_own = own_on_egress and (bool(own_macs) or capture.linktype in (
             _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
-        self.ethernet = capture.linktype == _pcap.DLT_EN10MB
+        self.parse_batch = _packet.make_batch_parser(capture.linktype)
         self.filter_text = None
         self.view = capture.reader.view
         self.refill = capture.reader.refill
-        self.pos = self.end = 0        # the unread part of the current batch
 
 
 class Receiver:
@@ -98,18 +95,26 @@ class Receiver:
         self.multicast_loopback = multicast_loopback
         local = set()
         for device in devices:
-            for addr, _mask, broadcast in device.ipv4:
+            for addr, mask, broadcast in device.ipv4:
                 local.add(addr)
                 if broadcast:
                     local.add(broadcast)
+                if mask and mask < 0xFFFFFFFE:
+                    # Linux makes the subnet's all-ones and all-zeros addresses local
+                    # broadcasts whatever "brd" says (fib_add_ifaddr), so a socket bound to
+                    # 0.0.0.0 receives them.
+                    local.add((addr & mask) | (~mask & 0xFFFFFFFF))
+                    local.add(addr & mask)
         local.add(0xFFFFFFFF)
         self.local_addresses = frozenset(local)
         try:
             for device in chosen:
+                snaplen = self.platform.snaplen_for(device)
                 capture = _capture.Capture(
-                    self.platform.fns, device.name, self.platform.snaplen_for(device),
-                    buffer_size, immediate=self.options.immediate,
-                    promiscuous=self.options.promiscuous, libc=self.platform.libc)
+                    self.platform.fns, device.name, snaplen,
+                    self.platform.ring_size(buffer_size, snaplen, self.options.immediate),
+                    immediate=self.options.immediate, promiscuous=self.options.promiscuous,
+                    libc=self.platform.libc)
                 try:
                     prepare = getattr(self.platform, "prepare", None)
                     if prepare is not None:
@@ -234,29 +239,29 @@ class Receiver:
                 last - first for _b, first, last, _a in self._ready)
 
     def _fill(self):
-        """Read one batch from the next capture that has frames and queue what it delivers.
+        """Read batches from the captures, round robin, until one yields a deliverable datagram
+        (True) or every capture is empty (False).
 
-        The batch stays valid until the next refill of that capture, which happens only once
-        :attr:`_ready` is empty again.  This is the hot loop: one pass over the records, the
-        untagged-Ethernet case decided without a call, the pure parser for the rest.
+        A batch stays valid until the next refill of its capture, which happens only once
+        :attr:`_ready` is empty again.  The pure batch parser finds the UDP datagrams to our
+        port; this loop applies the delivery rules and queues what passes.
         """
         captures = self.captures
         count = len(captures)
         stats = self.stats
         port = self.port
-        parse_ipv4 = _packet.parse_ipv4
-        caplen_at = _SF_CAPLEN.unpack_from
         verify = self._verify_udp
-        append = self._ready.append
+        ready = self._ready
+        append = ready.append
         addresses = self._addresses
         bound = self.bound_address
         local = self.local_addresses
+        datagrams = []
+        now = time.monotonic()
         for turn in range(count):
             index = (self._rr + turn) % count
             opened = captures[index]
             view = opened.view
-            parse_link = opened.parse_link
-            ethernet = opened.ethernet
             check_own = opened.check_own
             # Drain this capture until a batch yields something or it is empty: on Windows the
             # read event is not signalled again for frames libpcap already holds, so waiting
@@ -265,33 +270,17 @@ class Receiver:
                 end = opened.refill()
                 if not end:
                     break
-                stats.frames += opened.capture.reader.last_count
-                queued = len(self._ready)
-                pos = 0
-                while pos < end:
-                    start = pos + 16
-                    pos = start + caplen_at(view, pos + 8)[0]
-                    if ethernet and pos - start >= 14 and view[start + 12] == 0x08 \
-                            and view[start + 13] == 0:
-                        ip = start + 14
-                    else:
-                        ip = parse_link(view, start, pos, stats)
-                        if ip < 0:
+                stats.frames += opened.parse_batch(view, end, port, stats, verify, datagrams)
+                queued = len(ready)
+                for src, dst, sport, first, last, start, buf in datagrams:
+                    if src is None:
+                        # A fragment, in its place in the batch so that datagrams are queued
+                        # in the order they complete, as a socket would.
+                        completed = self._reassemble(dst, view, now)
+                        if completed is None:
                             continue
-                    parsed = parse_ipv4(view, ip, pos, stats, verify)
-                    if parsed is None:
-                        continue
-                    if parsed[0] == UDP:
-                        _, src, dst, sport, dport, first, last = parsed
-                        buf = view
-                    else:
-                        buf, src, dst, sport, dport, first, last = self._reassemble(view, parsed)
-                        if buf is None:
-                            continue
-                    if dport != port:
-                        stats.not_for_us += 1
-                        continue
-                    # Delivery rules.  Common case inline: unicast, incoming.
+                        src, dst, sport, first, last, buf = completed
+                    # Delivery rules; the common case (incoming unicast) inline.
                     if dst >> 28 == 0xE or (check_own and opened.is_own(view, start)):
                         if not self._accepts_special(dst, opened, view, start):
                             continue
@@ -308,26 +297,28 @@ class Receiver:
                         address = self._address(key, src, sport)
                     stats.accepted_bytes += last - first
                     append((buf, first, last, address))
-                queued = len(self._ready) - queued
+                datagrams.clear()
+                queued = len(ready) - queued
                 if queued:
                     stats.accepted += queued
                     self._rr = (index + 1) % count
                     return True
         return False
 
-    def _reassemble(self, view, parsed):
-        """Feed a fragment; ``(segment, src, dst, sport, dport, first, last)`` when it
-        completes a UDP datagram, else a tuple starting with None."""
+    def _reassemble(self, parsed, view, now):
+        """Feed one fragment; ``(src, dst, sport, first, last, buffer)`` when it completes a
+        UDP datagram to our port, else None."""
         _, src, dst, ident, offset, more, first, last = parsed
-        segment = self.reassembler.add(src, dst, ident, offset, more,
-                                       view[first:last], time.monotonic())
+        segment = self.reassembler.add(src, dst, ident, offset, more, view[first:last], now)
         if segment is None:
-            return _NOTHING
+            return None
         udp = _packet.parse_udp(segment, src, dst, self.stats, self._verify_udp)
         if udp is None:
-            return _NOTHING
-        _, src, dst, sport, dport, first, last = udp
-        return (memoryview(segment), src, dst, sport, dport, first, last)
+            return None
+        if udp[4] != self.port:
+            self.stats.not_for_us += 1
+            return None
+        return (src, dst, udp[3], udp[5], udp[6], memoryview(segment))
 
     def _accepts_special(self, dst, opened, buf, start):
         """Delivery rules for multicast, and for frames this host sent itself."""

@@ -20,6 +20,7 @@ from .errors import NotBoundError, SocketClosedError
 log = logging.getLogger("udpcap_ctypes")
 
 MIN_RECEIVE_BUFFER = 65535
+_CLOSE_WAIT = 2.0       # how long close() waits for a woken receiver to leave its wait
 # The capture ring per device.  In immediate mode Linux cuts it into snaplen-sized slots:
 # ~2 KiB on an MTU-1500 device (16 MiB ~ 8,000 frames), 128 KiB on lo (MTU 65536), where every
 # datagram is also captured twice (outgoing and incoming): 16 MiB holds 64 loopback datagrams.
@@ -88,10 +89,10 @@ class UdpcapSocket:
         self._platform = _platform.current(self._library)
         self._stats = Statistics()
         self._state_lock = threading.Lock()
+        self._receivers_left = threading.Condition(self._state_lock)
         self._receiver = None
         self._receiving = 0
         self._closed = False
-        self._release_pending = False
         self._timeout = None
         self._buffer_size = DEFAULT_RECEIVE_BUFFER
         self._groups = set()
@@ -286,6 +287,8 @@ class UdpcapSocket:
                     if remaining <= 0:
                         raise socket.timeout("timed out")
                     receiver.waiter.wait(remaining)
+                if self._closed:
+                    raise SocketClosedError()
                 with receiver.io_lock:
                     if self._closed:
                         raise SocketClosedError()
@@ -295,12 +298,8 @@ class UdpcapSocket:
         finally:
             with self._state_lock:
                 self._receiving -= 1
-                release = self._closed and self._receiving == 0 and self._release_pending
-                if release:
-                    self._release_pending = False
-            if release:
-                with receiver.io_lock:
-                    receiver.close()
+                if self._receiving == 0:
+                    self._receivers_left.notify_all()
 
     # -- statistics and lifetime -------------------------------------------------------------
 
@@ -320,22 +319,26 @@ class UdpcapSocket:
         return {c.device.name: c.filter_text for c in receiver.captures}
 
     def close(self):
-        """Close the socket; a receive blocked in another thread raises SocketClosedError."""
+        """Close the socket; a receive blocked in another thread raises SocketClosedError.
+
+        The blocked thread is woken at once and raises; this call then waits (briefly) for it
+        to leave the wait before releasing the captures, so the waiter is never closed under it.
+        """
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True
             receiver = self._receiver
-            busy = self._receiving > 0
-            if busy:
-                self._release_pending = True
-        if receiver is None:
-            return
-        if busy:
-            receiver.waiter.wake()       # the last waiting receiver releases the captures
-        else:
-            with receiver.io_lock:       # waits for a fast-path poll() to finish
-                receiver.close()
+            if receiver is None:
+                return
+            if self._receiving:
+                receiver.waiter.wake()
+                if not self._receivers_left.wait_for(lambda: self._receiving == 0,
+                                                     timeout=_CLOSE_WAIT):
+                    log.warning("a receiving thread did not leave within %.1f s of close(); "
+                                "its captures are released anyway", _CLOSE_WAIT)
+        with receiver.io_lock:           # waits for a fast-path poll() to finish
+            receiver.close()
 
     def _check_open(self):
         if self._closed:
