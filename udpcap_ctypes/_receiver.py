@@ -76,7 +76,7 @@ class Receiver:
         self.memberships = None
         self.port_guard = None
         self._addresses = {}            # (src << 16 | sport) -> ("a.b.c.d", sport)
-        self._ready = collections.deque()   # (buffer, first, last, address) to hand out
+        self._ready = self.ready = collections.deque()  # (buffer, first, last, address)
         self._rr = 0
         self.reassembler = Reassembler(stats, max_age=options.reassembly_timeout,
                                        wanted=self._wanted_first_fragment)

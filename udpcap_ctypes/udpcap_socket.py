@@ -5,6 +5,7 @@ Frames are captured with Npcap/libpcap and parsed in user space, so on Windows t
 passes through Winsock and the Defender firewall's per-datagram cost (MpsSvc in tcpip.sys).
 """
 
+import collections
 import errno
 import logging
 import socket
@@ -20,6 +21,7 @@ from .errors import NotBoundError, SocketClosedError
 log = logging.getLogger("udpcap_ctypes")
 
 MIN_RECEIVE_BUFFER = 65535
+_NOTHING_QUEUED = collections.deque()   # what an unbound socket "has queued": nothing
 _CLOSE_WAIT = 2.0       # how long close() waits for a woken receiver to leave its wait
 # The capture ring per device.  In immediate mode Linux cuts it into snaplen-sized slots:
 # ~2 KiB on an MTU-1500 device (16 MiB ~ 8,000 frames), 128 KiB on lo (MTU 65536), where every
@@ -98,6 +100,7 @@ class UdpcapSocket:
         self._groups = set()
         self._multicast_loopback = True
         self._sockname = None
+        self._ready = _NOTHING_QUEUED       # the bound receiver's queue of datagrams
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -215,6 +218,7 @@ class UdpcapSocket:
             receiver.open(host_int, port, self._buffer_size, self._groups,
                           self._multicast_loopback)
             self._receiver = receiver
+            self._ready = receiver.ready
             self._sockname = (ip_text(host_int), port)
 
     def getsockname(self):
@@ -235,6 +239,19 @@ class UdpcapSocket:
 
     def recvfrom(self, bufsize):
         """Return ``(bytes, (host, port))`` of the next datagram (at most *bufsize* bytes)."""
+        ready = self._ready
+        if ready and not self._closed and bufsize >= 0:
+            # Fast path: a datagram is queued.  Popping needs no lock: one thread receives at
+            # a time, and close() only clears the queue (then IndexError: the slow path).
+            try:
+                buf, first, last, address = ready.popleft()
+            except IndexError:
+                pass
+            else:
+                if last - first > bufsize:
+                    self._stats.truncated_deliveries += 1
+                    last = first + bufsize
+                return (bytes(buf[first:last]), address)
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
         return self._receive(None, bufsize)
@@ -244,8 +261,21 @@ class UdpcapSocket:
 
     def recvfrom_into(self, buffer, nbytes=0):
         """Copy the next datagram into *buffer*; return ``(nbytes_copied, (host, port))``."""
+        ready = self._ready
+        if ready and not nbytes and type(buffer) is bytearray and not self._closed:
+            try:                                              # fast path, as in recvfrom
+                buf, first, last, address = ready.popleft()
+            except IndexError:
+                pass
+            else:
+                size = last - first
+                if size > len(buffer):
+                    self._stats.truncated_deliveries += 1
+                    size = len(buffer)
+                buffer[:size] = buf[first:first + size]
+                return (size, address)
         if nbytes == 0 and type(buffer) is bytearray:
-            return self._receive(buffer, len(buffer))      # the common case, no view needed
+            return self._receive(buffer, len(buffer))
         return self._receive(*_writable_bytes(buffer, nbytes))
 
     def recv_into(self, buffer, nbytes=0):
