@@ -272,9 +272,9 @@ class ListBatchReader(_capture.BatchReader):
     """Stands in for the native reader only: batches of savefile records from a list of frames.
 
     ``refill()`` lays out 1..64 frames as ``pcap_dump`` would (16-byte native-order record
-    header + captured bytes) in one fixed buffer behind :attr:`view`, exactly the contract of
-    ``DumpBatchReader``/``NextExReader``; bytes of earlier batches stay behind the end, as they
-    do in the real buffer.  Before every batch it checks the reassembly memory against its cap.
+    header + captured bytes) from :attr:`start` (0) in one fixed buffer behind :attr:`view` and
+    returns their count, exactly the contract of ``DumpBatchReader``/``NextExReader``; bytes
+    of earlier batches stay behind the end, as they do in the real buffer.  Before every batch it checks the reassembly memory against its cap.
     """
 
     def __init__(self, frames, rng, receiver, watch):
@@ -304,9 +304,8 @@ class ListBatchReader(_capture.BatchReader):
             buf[pos + 16:pos + 16 + len(frame)] = frame
             pos += 16 + len(frame)
             count += 1
-        self.last_count = count
         self._watch["read"] += count
-        return pos
+        return count
 
 
 class ListCapture:
@@ -324,6 +323,7 @@ class Device:
 
 class FakePosixPlatform:
     own_multicast_seen_on = "egress"
+    drain_before_wait = False
 
 
 def hostile_fragments(rng, src, ident):

@@ -66,19 +66,16 @@ def _drain(reader):
     frames = []
     if hasattr(reader, "refill"):                 # batch readers: records in one buffer
         while True:
-            end = reader.refill()
-            if not end:
+            count = reader.refill()
+            if not count:
                 break
-            pos = 0
-            count = 0
+            pos = reader.start
             view = reader.view
-            while pos < end:
+            for _ in range(count):
                 caplen = struct.unpack_from("=I", view, pos + 8)[0]
                 frames.append(bytes(view[pos + 16:pos + 16 + caplen]))
                 pos += 16 + caplen
-                count += 1
-            assert pos == end
-            assert count == reader.last_count
+            reader.consumed(pos)
     else:                                         # per-frame readers: (buf, start, end)
         while True:
             frame = reader.read()

@@ -200,27 +200,34 @@ class Capture:
 class BatchReader:
     """Frames in batches of savefile-format records in one Python-owned buffer.
 
-    After :meth:`refill` returns ``end > 0``, ``view[0:end]`` holds records, each a 16-byte
-    header (``ts_sec, ts_usec, caplen, len`` as native ``uint32``) followed by ``caplen``
-    captured bytes.  The records stay valid until the next :meth:`refill`; the caller walks
-    them without any native call per frame.  ``last_count`` is the number of records.
+    :meth:`refill` returns the number of records it added, laid out back to back from
+    :attr:`start` in :attr:`view`: each a 16-byte header (``ts_sec, ts_usec, caplen, len`` as
+    native ``uint32``) followed by ``caplen`` captured bytes.  The caller walks them without a
+    native call per frame and then reports where the batch ended with :meth:`consumed`.
+    Records stay valid until the next :meth:`refill`.
     """
 
     BUFFER_SIZE = 2 << 20
     view = None
-    last_count = 0
+    start = 0
 
     def refill(self):
         raise NotImplementedError
 
+    def consumed(self, end):
+        """The caller has walked the batch up to *end*."""
+
     def frames(self):
-        """Iterate ``(start, end)`` of every frame of one refill (tests and tools)."""
-        end = self.refill()
-        pos = 0
-        while pos < end:
+        """``[(start, end)]`` of every frame of one refill (tests and tools)."""
+        count = self.refill()
+        out = []
+        pos = self.start
+        for _ in range(count):
             caplen = _SF_CAPLEN.unpack_from(self.view, pos + 8)[0]
-            yield (pos + 16, pos + 16 + caplen)
+            out.append((pos + 16, pos + 16 + caplen))
             pos += 16 + caplen
+        self.consumed(pos)
+        return out
 
     def close(self):
         pass
@@ -265,8 +272,7 @@ class NextExReader(BatchReader):
                                  length)
             pos += 16 + caplen
             count += 1
-        self.last_count = count
-        return pos
+        return count
 
     def close(self):
         self._args = None
@@ -277,20 +283,24 @@ class DumpBatchReader(BatchReader):
 
     ``pcap_dispatch(handle, count, pcap_dump, dumper)`` runs libpcap's savefile writer as the
     per-packet callback; the dumper writes to an unbuffered ``fmemopen`` stream over
-    :attr:`view`.  ``count`` is chosen so that a full batch of snaplen-sized records always
-    fits, so the stream can never truncate a record.
+    :attr:`view`.  Batches follow each other in the buffer; ``count`` is limited to what fits
+    after the previous batch (snaplen-sized records), so the stream can never truncate a
+    record, and the stream is rewound only when too little room is left.  One native call per
+    batch, none per frame.
     """
 
+    MIN_BATCH = 16
+
     def __init__(self, fns, libc, handle, snaplen, size=None):
-        size = size or max(self.BUFFER_SIZE, 4 * (snaplen + 16))
+        size = size or max(self.BUFFER_SIZE, 4 * self.MIN_BATCH * (snaplen + 16))
         self._fns = fns
         self._libc = libc
         self._handle = handle
         self._buffer = ctypes.create_string_buffer(size)
         self.view = memoryview(self._buffer).cast("B")
-        self._count = max(1, (size - 64) // (16 + snaplen))
+        self._size = size
+        self._record = 16 + snaplen
         self._dispatch = fns.pcap_dispatch
-        self._ftell = fns.pcap_dump_ftell
         self._fseek = libc.fseek
         self._callback = ctypes.cast(fns.pcap_dump, ctypes.c_void_p).value
         self._dumper = None
@@ -304,20 +314,26 @@ class DumpBatchReader(BatchReader):
         except BaseException:
             libc.fclose(stream)
             raise
-        self.last_count = 1          # the savefile header was written: rewind before use
+        self._fseek(stream, 0, 0)           # overwrite the savefile header it wrote
+        self._write = 0                     # where the stream will write next
 
     def refill(self):
-        if self.last_count:
-            self._fseek(self._stream, 0, 0)      # reuse the buffer from its start
-        count = self._dispatch(self._handle, self._count, self._callback, self._dumper)
+        room = (self._size - self._write) // self._record
+        if room < self.MIN_BATCH:
+            self._fseek(self._stream, 0, 0)
+            self._write = 0
+            room = self._size // self._record
+        count = self._dispatch(self._handle, room, self._callback, self._dumper)
         if count <= 0:
-            self.last_count = 0
             if count < 0 and count != _pcap.PCAP_ERROR_BREAK:
                 raise _pcap.status_error("pcap_dispatch", count, self._handle)
             return 0
-        self.last_count = count
-        # The stream is unbuffered, so every record is already in the buffer: no flush.
-        return self._ftell(self._dumper)
+        self.start = self._write
+        return count
+
+    def consumed(self, end):
+        # The unbuffered stream wrote exactly the records walked: it is now at *end*.
+        self._write = end
 
     def close(self):
         if self._dumper:

@@ -254,13 +254,14 @@ def make_outgoing_test(linktype, own_macs=()):
 # ---------------------------------------------------------------------------------------------
 # Batches.  A capture batch is a run of savefile records (16-byte header ``ts_sec, ts_usec,
 # caplen, len`` in native order, then ``caplen`` bytes).  make_batch_parser(linktype) returns
-# parse_batch(view, end, port, stats, verify, datagrams) which walks the records once
+# parse_batch(view, pos, count, port, stats, verify, datagrams) which walks ``count`` records
+# from ``pos`` once
 # and appends to ``datagrams``, in frame order:
 #   (src, dst, sport, payload_first, payload_last, frame_start, view) for every complete UDP
 #       datagram to ``port``;
 #   (None, fragment_result, None, 0, 0, frame_start, view) for every IPv4 fragment (the
 #       caller reassembles them in place, so datagrams complete in order).
-# It returns the number of records walked.  Everything else is counted and dropped.
+# It returns the offset just past the last record.  Everything else is counted and dropped.
 #
 # The common frame -- a fixed link header, IPv4 without options, not a fragment, UDP to our
 # port, correct header checksum -- is decided with one struct unpack and a few integer tests;
@@ -297,12 +298,9 @@ def make_batch_parser(linktype):
     unpack_fast = fast.unpack_from if fast is not None else None
     caplen_at = _record_caplen.unpack_from
 
-    def parse_batch(view, end, port, stats, verify, datagrams):
+    def parse_batch(view, pos, count, port, stats, verify, datagrams):
         append = datagrams.append
-        pos = 0
-        count = 0
-        while pos < end:
-            count += 1
+        for _ in range(count):
             start = pos + 16
             caplen = caplen_at(view, pos + 8)[0]
             pos = start + caplen
@@ -330,6 +328,6 @@ def make_batch_parser(linktype):
                 append((parsed[1], parsed[2], parsed[3], parsed[5], parsed[6], start, view))
             else:
                 append((None, parsed, None, 0, 0, start, view))
-        return count
+        return pos
 
     return parse_batch

@@ -37,6 +37,7 @@ class Platform:
     #                 copy is never shown to packet capture);
     #   "loopback" -- on the loopback capture device (Npcap), outgoing frames are filtered.
     own_multicast_seen_on = "egress"
+    drain_before_wait = True
 
     def __init__(self, library):
         self.library = library
@@ -77,6 +78,7 @@ class Platform:
 
 class PosixPlatform(Platform):
     own_multicast_seen_on = "egress"
+    drain_before_wait = False
 
     def __init__(self, library):
         super().__init__(library)

@@ -40,7 +40,7 @@ class _OpenCapture:
     """A capture plus what the delivery rules need to know about its device."""
 
     __slots__ = ("capture", "device", "parse_link", "is_own", "is_loopback", "own_macs",
-                 "filter_text", "view", "refill", "parse_batch", "check_own")
+                 "filter_text", "view", "reader", "parse_batch", "check_own")
 
     def __init__(self, capture, device, is_loopback, own_macs, own_on_egress):
         self.capture = capture
@@ -54,8 +54,8 @@ class _OpenCapture:
             _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
         self.parse_batch = _packet.make_batch_parser(capture.linktype)
         self.filter_text = None
+        self.reader = capture.reader
         self.view = capture.reader.view
-        self.refill = capture.reader.refill
 
 
 class Receiver:
@@ -82,6 +82,12 @@ class Receiver:
                                        wanted=self._wanted_first_fragment)
         self._verify_udp = options.verify_udp_checksum
         self._own_on_egress = platform.own_multicast_seen_on == "egress"
+        # Read the captures before every wait?  Needed where the wait cannot see frames the
+        # capture library already holds: Npcap (its event is not signalled again for them)
+        # and TPACKET_V3 blocks that libpcap has started.  With immediate mode on Linux the
+        # ring's fd is readable exactly while unread frames remain, so the wait itself tells,
+        # and an idle receiver makes one native call per datagram instead of two.
+        self.drain_before_wait = platform.drain_before_wait or not options.immediate
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -208,18 +214,18 @@ class Receiver:
     def _wanted_first_fragment(self, udp_header):
         return _u16.unpack_from(udp_header, 2)[0] == self.port
 
-    def poll(self, target, nbytes):
+    def poll(self, target, nbytes, fill=True):
         """Hand out the next deliverable datagram.  Caller holds ``io_lock``.
 
-        Returns ``(payload_or_count, address)`` or None when every capture is empty.  With a
-        *target* (a ``bytearray`` or a writable byte ``memoryview``) the payload is copied into
-        it, at most *nbytes*; otherwise a new ``bytes`` of at most *nbytes* is returned.
-        Datagrams come from :attr:`_ready`, which :meth:`_fill` refills one capture batch at a
-        time; ``stats.delivered`` is settled from the queue length (see :meth:`settle_stats`),
-        so handing out costs no counter update.
+        Returns ``(payload_or_count, address)`` or None.  With a *target* (a ``bytearray`` or
+        a writable byte ``memoryview``) the payload is copied into it, at most *nbytes*;
+        otherwise a new ``bytes`` of at most *nbytes* is returned.  Datagrams come from
+        :attr:`ready`; when it is empty and *fill* is true, the captures are read
+        (:meth:`_fill`).  ``stats.delivered`` is settled from the queue length (see
+        :meth:`settle_stats`), so handing out costs no counter update.
         """
         ready = self._ready
-        if not ready and not self._fill():
+        if not ready and not (fill and self._fill()):
             return None
         buf, first, last, address = ready.popleft()
         if last - first > nbytes:
@@ -266,11 +272,14 @@ class Receiver:
             # Drain this capture until a batch yields something or it is empty: on Windows the
             # read event is not signalled again for frames libpcap already holds, so waiting
             # with frames left behind could sleep on data that has arrived.
+            reader = opened.reader
             while True:
-                end = opened.refill()
-                if not end:
+                found = reader.refill()
+                if not found:
                     break
-                stats.frames += opened.parse_batch(view, end, port, stats, verify, datagrams)
+                stats.frames += found
+                reader.consumed(opened.parse_batch(view, reader.start, found, port, stats,
+                                                   verify, datagrams))
                 queued = len(ready)
                 for src, dst, sport, first, last, start, buf in datagrams:
                     if src is None:

@@ -289,13 +289,14 @@ class UdpcapSocket:
             raise NotBoundError()
         # Fast path: something is queued.  close() takes io_lock before it releases the
         # captures, so holding it here is enough.
+        nonblocking = self._timeout == 0.0
         with receiver.io_lock:
             if self._closed:
                 raise SocketClosedError()
-            result = receiver.poll(target, nbytes)
+            result = receiver.poll(target, nbytes, receiver.drain_before_wait or nonblocking)
         if result is not None:
             return result
-        if self._timeout == 0.0:
+        if nonblocking:
             raise BlockingIOError(errno.EAGAIN, "no datagram is queued (non-blocking)")
         return self._wait_and_receive(receiver, target, nbytes)
 
