@@ -25,7 +25,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from test_socket_support import (QUIET, Background, UdpcapSocket, assert_quiet,  # noqa: E402
-                                 nslib, payload, receive, receive_payloads, udp_socket)
+                                 fd_count, nslib, payload, receive, receive_payloads,
+                                 udp_socket)
 from udpcap_ctypes import NotBoundError, SocketClosedError  # noqa: E402
 
 pytestmark = pytest.mark.live
@@ -245,7 +246,6 @@ def test_close_is_idempotent(netns, stack):
 
 
 def test_context_manager_closes_and_releases(netns):
-    from test_socket_support import fd_count
     with nslib.in_namespace(netns):
         before = fd_count()
         with UdpcapSocket() as sock:
