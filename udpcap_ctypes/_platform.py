@@ -227,10 +227,11 @@ class PollWaiter:
         events = self._poll.poll(ms)
         if not events:
             return False
+        read_fd = self._read_fd
         for fd, _ in events:
-            if fd == self._read_fd:
+            if fd == read_fd:
                 try:
-                    os.read(self._read_fd, 4096)
+                    os.read(read_fd, 4096)
                 except BlockingIOError:
                     pass
         return True

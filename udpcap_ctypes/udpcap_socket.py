@@ -301,10 +301,16 @@ class UdpcapSocket:
         return self._wait_and_receive(receiver, target, nbytes)
 
     def _wait_and_receive(self, receiver, target, nbytes):
-        """Slow path: wait for frames.  Registered as a waiter, so close() leaves the
-        waiter (and the captures) to the last waiting thread instead of closing them under it."""
+        """Slow path: wait for frames, then read them.
+
+        The thread counts itself in ``_receiving`` while it may be inside the waiter, so that
+        close() can wake it and wait for it to leave before releasing the waiter and captures.
+        """
         timeout = self._timeout
         deadline = None if timeout is None else time.monotonic() + timeout
+        wait = receiver.waiter.wait
+        poll = receiver.poll
+        io_lock = receiver.io_lock
         with self._state_lock:
             if self._closed:
                 raise SocketClosedError()
@@ -312,24 +318,22 @@ class UdpcapSocket:
         try:
             while True:
                 if deadline is None:
-                    receiver.waiter.wait(None)
+                    wait(None)
                 else:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise socket.timeout("timed out")
-                    receiver.waiter.wait(remaining)
-                if self._closed:
-                    raise SocketClosedError()
-                with receiver.io_lock:
+                    wait(remaining)
+                with io_lock:
                     if self._closed:
                         raise SocketClosedError()
-                    result = receiver.poll(target, nbytes)
+                    result = poll(target, nbytes)
                 if result is not None:
                     return result
         finally:
             with self._state_lock:
                 self._receiving -= 1
-                if self._receiving == 0:
+                if self._closed:
                     self._receivers_left.notify_all()
 
     # -- statistics and lifetime -------------------------------------------------------------
