@@ -51,12 +51,9 @@ class Platform:
         return device.loopback_flag
 
     def snaplen_for(self, device):
-        """MTU-sized snaplen: a frame (or fragment) never exceeds the MTU of its device."""
-        mtu = self.mtu(device)
-        return min(MAX_SNAPLEN, mtu + LINK_OVERHEAD)
-
-    def mtu(self, device):
-        return 65536 if self.is_loopback(device) else 1500
+        """Large enough for any IPv4 packet plus link headers.  Npcap and BSD buffers are
+        byte-based, so a large snaplen costs nothing there (Linux overrides this)."""
+        return 65536 + LINK_OVERHEAD
 
     def ring_size(self, requested, snaplen, immediate):
         """Capture buffer bytes to ask libpcap for, given the user's *requested* size."""
@@ -78,17 +75,22 @@ class Platform:
 
 class PosixPlatform(Platform):
     own_multicast_seen_on = "egress"
-    drain_before_wait = False
+    # Linux's ring fd is readable exactly while unread frames remain (immediate mode); a BSD
+    # BPF fd does not see the buffer libpcap has already read, so there we drain first.
+    drain_before_wait = not sys.platform.startswith("linux")
 
     def __init__(self, library):
         super().__init__(library)
         self.libc = _load_libc()
 
-    def mtu(self, device):
-        mtu = _interface_ioctl(device.name, _SIOCGIFMTU)
-        if mtu is None:
-            return super().mtu(device)
-        return struct.unpack_from("=i", mtu, 16)[0]
+    def snaplen_for(self, device):
+        """Linux: MTU-sized, since in immediate mode every ring slot is snaplen-sized; a frame
+        (or fragment) never exceeds its device's MTU."""
+        answer = _interface_ioctl(device.name, _SIOCGIFMTU)
+        if answer is None:
+            return super().snaplen_for(device)
+        mtu = struct.unpack_from("=i", answer, 16)[0]
+        return min(MAX_SNAPLEN, mtu + LINK_OVERHEAD)
 
     # In immediate mode (TPACKET_V2) Linux cuts the ring into slots of a power of two at least
     # the snaplen plus the packet header; a ring of fewer slots than this loses bursts (and on
