@@ -149,6 +149,47 @@ def test_summary_table_and_svg_from_runs():
     assert widths == [210.0, 420.0]    # bars proportional to the rates 50 and 100
 
 
+def test_stream_summary_and_table_from_runs():
+    """Stream medians, CPU ratio to the socket, and the note for a sender short of the rate."""
+    def run(cpu_us, sender_rate, drops=0):
+        return {"cpu_us": cpu_us, "sender_rate": sender_rate, "rate": sender_rate,
+                "count": 300, "unique": 300 - drops, "drops": drops, "lag_max_ms": 1.0,
+                "ended": "complete" if not drops else "marker"}
+    runs = {
+        bench.BASELINE: {"idle": {}, "sizes": {"32": {"path": "loopback", "count": 10,
+                                                      "stream": [run(3.0, 100.0)] * 3}}},
+        "UdpcapSocket.recvfrom_into": {"idle": {}, "sizes": {"32": {
+            "path": "loopback", "count": 10,
+            "stream": [run(6.0, 60.0, 2), run(4.5, 70.0, 0), run(9.0, 50.0, 5)]}}},
+    }
+    info = {"32": {"rate": 100, "limited_by": "sender", "path": "loopback",
+                   "steps": [{"rate": 100, "ok": True, "why": "0 drops"}]}}
+    rows = bench.summarize_stream(runs, info)
+    assert [r["receiver"] for r in rows] == ["UdpcapSocket.recvfrom_into", bench.BASELINE]
+    udpcap = rows[0]
+    assert udpcap["cpu_us_per_datagram"] == 6.0 and udpcap["cpu_ratio"] == 2.0
+    assert (udpcap["drops"], udpcap["max_drops"], udpcap["received"]) == (2, 5, 298)
+    assert udpcap["ended"] == ["complete", "marker"]
+    text = bench.stream_table(rows, info)
+    assert "2.00" in text and "send.py could not send faster" in text
+    assert "sender short of the rate with: UdpcapSocket.recvfrom_into 32 B (60/s)" in text
+    assert "sender short of the rate with: socket" not in text
+
+
+def test_send_end_markers_follow_the_data():
+    """--end-marker: after the last datagram, END_SEQ markers (not counted in "sent")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        port = rx.getsockname()[1]
+        result = send.send("127.0.0.1", port, size=32, rate=50000, count=100, end_marker=True)
+        got = [_common.parse_header(rx.recv(2048)) for _ in range(100 + send.END_MARKERS)]
+    assert result["sent"] == 100
+    assert [seq for seq, _ in got[:100]] == list(range(100))
+    assert [seq for seq, _ in got[100:]] == [_common.END_SEQ] * send.END_MARKERS
+    assert got[100][1] - got[99][1] >= send.END_MARKER_PAUSE * 1e9 * 0.9
+
+
 # --------------------------------------------------------------------------- send -> recv
 
 def test_send_to_recv_socket_receives_all_without_gaps():
@@ -321,4 +362,29 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
     for size in (32, 1400):
         base = rows[(bench.BASELINE, size)]
         assert base["rate_ratio"] == 1.0 and base["drops"] == 0
+    # stream: every receiver read a paced stream (--quick: fixed rate, 0.5 s) while it arrived
+    stream = {(r["receiver"], r["size"]): r for r in report["stream_rows"]}
+    assert set(stream) == set(rows)
+    for size in (32, 1400):
+        info = report["stream"][str(size)]
+        assert info["limited_by"] == "quick" and info["rate"] == bench.QUICK_STREAM_RATE
+        expected = int(bench.QUICK_STREAM_RATE * report["settings"]["stream_seconds"])
+        for name in (bench.BASELINE, "UdpcapSocket.recvfrom_into"):
+            row = stream[(name, size)]
+            assert not row["errors"], (name, size, row["errors"])
+            assert row["target_rate"] == bench.QUICK_STREAM_RATE
+            assert row["sender_rate"] > 0.5 * bench.QUICK_STREAM_RATE, row
+            assert row["received"] + row["drops"] == expected, row
+            assert row["drops"] <= expected // 100, row
+            assert row["cpu_us_per_datagram"] > 0 and row["cpu_ratio"] > 0, row
+            assert row["lag_max_ms"] is not None and row["lag_max_ms"] >= 0, row
+            assert row["ended"] == ["complete"] or row["drops"], row
+            # CPU and wall time cover the datagrams after the first, not start-up or the tail
+            run = report["runs"][name]["sizes"][str(size)]["stream"][0]
+            if run["ended"] == "complete":
+                assert run["measured"] == run["received"] - 1, run
+            assert 0 < run["measured"] < run["received"], run
+            assert 0 < run["seconds"] < 2 * report["settings"]["stream_seconds"], run
+        assert stream[(bench.BASELINE, size)]["cpu_ratio"] == 1.0
+        assert stream[(bench.BASELINE, size)]["drops"] == 0
     assert time.monotonic() - started < 240

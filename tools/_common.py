@@ -21,6 +21,7 @@ Windows).  Latencies between two different hosts are meaningless and are not com
 """
 
 import errno
+import functools
 import os
 import socket
 import struct
@@ -33,6 +34,9 @@ MAGIC = b"UCT1"
 HEADER = struct.Struct("!4sQQI")
 HEADER_SIZE = HEADER.size          # 24
 MAX_UDP_PAYLOAD = 65507            # 65535 - 20 (IPv4) - 8 (UDP)
+SEQ_TIME = struct.Struct("!QQ")    # sequence number and send time, at offset 4 of the header
+SEQ_TIME_OFFSET = 4
+END_SEQ = (1 << 64) - 1            # sequence number of the end markers (send.py --end-marker)
 
 
 def ensure_package_importable():
@@ -49,9 +53,9 @@ def ensure_package_importable():
 if hasattr(time, "clock_gettime_ns") and hasattr(time, "CLOCK_MONOTONIC"):
     _CLOCK_ID = time.CLOCK_MONOTONIC
 
-    def monotonic_ns():
-        """Machine-wide monotonic nanoseconds (CLOCK_MONOTONIC)."""
-        return time.clock_gettime_ns(_CLOCK_ID)
+    # a partial is called without a Python frame: the sender stamps every datagram with it
+    monotonic_ns = functools.partial(time.clock_gettime_ns, _CLOCK_ID)
+    monotonic_ns.__doc__ = "Machine-wide monotonic nanoseconds (CLOCK_MONOTONIC)."
 
     def clock_name():
         return "CLOCK_MONOTONIC"

@@ -11,7 +11,25 @@ One run sends the same traffic to every receiver and prints a table side by side
 * latency -- 1000 datagrams/s for 2 s: one-way latency p50/p99 from the CLOCK_MONOTONIC send
   time in each datagram (sender and receiver on this host);
 * idle CPU -- a receiver blocked in recvfrom with a 1 s timeout for 2 s: CPU %;
-* ratios to the socket.recvfrom_into baseline (rate and CPU per datagram).
+* ratios to the socket.recvfrom_into baseline (rate and CPU per datagram);
+* stream -- the speed target is defined on streaming traffic, which the drain phase cannot
+  show for UdpcapSocket in its default immediate mode on loopback (its ring holds only ~1,000
+  datagrams there, see README "Buffer sizes and latency"), so: the receiver starts first and
+  reads continuously (blocking, no timeout) while send.py sends at a fixed rate for
+  --stream-seconds (default 3) with sequence numbers, then end markers.  The rate is the
+  socket baseline's sustainable rate, found per size by a search: a ladder (25k, 50k, 100k,
+  150k, 200k, 300k datagrams/s; fragmented 1000..24000/s), then --stream-bisect steps, at most
+  --stream-search-seconds; a step passes when the socket loses nothing, never falls more than
+  100 ms behind, and the sender reached the rate.  When send.py itself cannot reach a rate
+  (about 150-200k/s of 32 B from one Python process) and the socket kept up with what it sent,
+  the sender's rate is the ceiling and the table says so.  Every receiver then streams at that
+  rate (--repeat runs, receivers taking turns, medians): datagrams received, drops (from the
+  sequence numbers), CPU microseconds per datagram measured between the first and the last
+  datagram (start-up and the wait for the end marker excluded), its ratio to the socket's, and
+  the worst sampled lag.  --stream-rate / --stream-frag-rate skip the search, --no-stream
+  skips the phase.  Kernel work that the capture adds runs on the *sender's* CPU (softirq of
+  loopback/veth: ring copies, ICMP port-unreachable replies when no socket is bound): it shows
+  as a lower "sent/s" for capture receivers, not in their CPU per datagram.
 
 Receivers: UdpcapSocket.recvfrom_into, UdpcapSocket.recvfrom, UdpcapSocket(immediate=False)
 .recvfrom_into (TPACKET_V3 blocks: more burst tolerance per buffer byte, ~1 ms latency),
@@ -25,7 +43,8 @@ pinned to CPU 0, each sender in another pinned to CPU 1; every figure is the med
 runs.  Traffic goes only to 127.0.0.1 or inside those namespaces.
 
     python3 tools/bench.py                 # full run, table
-    python3 tools/bench.py --quick --json  # small counts, one repeat, machine-readable
+    python3 tools/bench.py --quick --json  # small counts, one repeat, stream at 20k/s 0.5 s
+    python3 tools/bench.py --stream-rate 100000 --no-fragmented  # stream at a given rate
     python3 tools/bench.py --svg rates.svg # also draw the drain rates as a bar chart
 """
 
@@ -55,6 +74,15 @@ LOOPBACK = "127.0.0.1"
 NS_SEND_ADDR, NS_RECV_ADDR = "198.18.99.1", "198.18.99.2"
 SEQ = struct.Struct("!Q")
 DRAIN_TIMEOUT = 0.5          # after GO everything is queued: a pause this long means "done"
+END_SEQ = _common.END_SEQ    # sequence number of send.py's end markers
+STREAM_SAMPLE_EVERY = 1024   # stream: CPU/clock/lag sample every this many datagrams
+STREAM_LADDER = (25000, 50000, 100000, 150000, 200000, 300000)     # datagrams/s, <= 1472 B
+STREAM_FRAG_LADDER = (1000, 2000, 4000, 8000, 12000, 16000, 24000)  # datagrams/s, fragmented
+STREAM_MIN_RATE = 500        # the search does not go below this
+STREAM_MAX_LAG = 0.1         # s: a receiver this far behind the sender is not keeping up
+SENDER_SHORTFALL = 0.97      # the sender reached the rate if it achieved this fraction of it
+QUICK_STREAM_RATE = 20000    # --quick: one fixed rate, no search (fragmented: 1000)
+QUICK_STREAM_FRAG_RATE = 1000
 
 
 # =========================================================================== worker side
@@ -190,6 +218,8 @@ def worker_main(spec):
         mode = spec["mode"]
         if mode == "drain":
             result = _drain(rx, spec)
+        elif mode == "stream":
+            result = _stream(rx, spec)
         elif mode == "latency":
             result = _latency(rx, spec)
         else:
@@ -233,6 +263,80 @@ def _drain(rx, spec):
             "duplicates": duplicates, "foreign": foreign, "seconds": wall,
             "rate": unique / wall if wall > 0 else None,
             "cpu_us": cpu_s * 1e6 / received if received else None}
+
+
+def _stream(rx, spec):
+    """Read a paced stream as it arrives (the sender starts after READY).
+
+    Blocking reads (no timeout: a socket with a timeout polls before every recvfrom).  The run
+    ends when all *count* sequence numbers have arrived, at the sender's first end marker
+    (sequence number END_SEQ, sent 0.2 s after its last datagram), or *max_seconds* after the
+    first datagram (a receiver far behind; what it has not read by then counts as dropped).
+    CPU time and wall time are taken from just after the first datagram to just after the last
+    one (the last STREAM_SAMPLE_EVERY sample when the run ends at a marker or the cap), so
+    neither start-up nor the wait for the end marker is counted.  Every STREAM_SAMPLE_EVERY
+    datagrams the lag (receive time - send time stamped in the datagram) is sampled: a lag
+    that grows means the receiver does not keep up and lives off its buffer.
+    """
+    count, cap = spec["count"], spec["max_seconds"]
+    rx.settimeout(None)
+    seen = bytearray(count)
+    recv_one, unpack = rx.recv_one, SEQ.unpack_from
+    seq_time = _common.SEQ_TIME.unpack_from
+    cpu, clock, now_ns = time.process_time, time.perf_counter, _common.monotonic_ns
+    received = unique = duplicates = foreign = 0
+    cpu0 = t0 = None
+    mark_n, mark_cpu, mark_t = 0, None, None
+    lags = []
+    next_sample = STREAM_SAMPLE_EVERY
+    ended = "marker"
+    while True:
+        got = recv_one()
+        if got is None:                      # a receiver that cannot block forever
+            ended = "timeout"
+            break
+        buf, n = got
+        if n < _common.HEADER_SIZE:
+            foreign += 1
+            continue
+        seq = unpack(buf, 4)[0]
+        if seq >= count:
+            if seq == END_SEQ:
+                break
+            foreign += 1
+            continue
+        received += 1
+        if seen[seq]:
+            duplicates += 1
+        else:
+            seen[seq] = 1
+            unique += 1
+        if received == 1:
+            cpu0, t0 = cpu(), clock()
+            continue
+        if unique == count or received >= next_sample:
+            mark_cpu, mark_t, mark_n = cpu(), clock(), received
+            lags.append(now_ns() - seq_time(buf, 4)[1])
+            next_sample = received + STREAM_SAMPLE_EVERY
+            if unique == count:
+                ended = "complete"
+                break
+            if mark_t - t0 > cap:
+                ended = "cap"
+                break
+    if received and mark_n == 0:             # too few datagrams for a sample: up to the end
+        mark_cpu, mark_t, mark_n = cpu(), clock(), received
+    measured = mark_n - 1
+    wall = (mark_t - t0) if received else 0.0
+    lags.sort()
+    return {"count": count, "received": received, "unique": unique, "drops": count - unique,
+            "duplicates": duplicates, "foreign": foreign, "ended": ended,
+            "measured": max(measured, 0), "seconds": wall,
+            "rate": measured / wall if measured > 0 and wall > 0 else None,
+            "cpu_us": (mark_cpu - cpu0) * 1e6 / measured if measured > 0 else None,
+            "lag_max_ms": lags[-1] / 1e6 if lags else None,
+            "lag_p50_ms": _common.percentile(lags, 0.5) / 1e6 if lags else None,
+            "lag_samples": len(lags)}
 
 
 def _latency(rx, spec):
@@ -333,6 +437,7 @@ class Bench:
         self.port = args.port
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.rx_cpu, self.tx_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+        self.stream_info = {}        # size -> {"rate", "limited_by", "steps", "path"}
 
     def log(self, text):
         if not self.args.json or self.args.verbose:
@@ -371,12 +476,17 @@ class Bench:
                 return json.loads(line[7:])
         raise RuntimeError("receiver failed: %s" % (err.strip().splitlines()[-1:] or out))
 
-    def run_sender(self, path, port, size, count, rate=None, timeout=120):
+    def run_sender(self, path, port, size, count, rate=None, timeout=120, end_marker=False,
+                   duration=None):
         cmd = path.prefix(path.send_ns) + [
             sys.executable, os.path.join(TOOLS, "send.py"), "%s:%d" % (path.send_to, port),
             "--size", str(size), "--count", str(count), "--json", "--quiet"]
         if rate:
             cmd += ["--rate", str(rate)]
+        if end_marker:
+            cmd += ["--end-marker"]
+        if duration:
+            cmd += ["--duration", "%.3f" % duration]
         if self.tx_cpu is not None:
             cmd += ["--cpu", str(self.tx_cpu)]
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -415,6 +525,129 @@ class Bench:
             raise
         return self.finish_worker(proc, timeout=30)
 
+    def stream(self, path, receiver, size, rate):
+        """One stream run: the receiver reads while the sender sends *rate*/s for
+        --stream-seconds; returns the receiver's figures plus the sender's."""
+        port = self.next_port()
+        seconds = self.args.stream_seconds
+        count = max(1, int(round(rate * seconds)))
+        cap = 1.5 * seconds + 2.0            # > the sender's own limit below
+        send_limit = 1.25 * seconds + 0.5    # a sender that cannot reach the rate stops here
+        proc = self.start_worker(path, {"mode": "stream", "receiver": receiver, "host":
+                                        path.send_to, "port": port, "count": count,
+                                        "max_seconds": cap})
+        try:
+            sent = self.run_sender(path, port, size, count, rate=rate, end_marker=True,
+                                   duration=send_limit, timeout=3 * seconds + 60)
+            try:
+                out = proc.communicate(timeout=cap + 5)
+            except subprocess.TimeoutExpired:
+                # every end marker lost (or nothing received): send more, then give up
+                self.run_sender(path, port, size, 0, end_marker=True, timeout=60)
+                out = proc.communicate(timeout=5)
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+        result = self._result(out)
+        # the sender may have stopped at its time limit, short of count
+        result.update(target_rate=rate, sent=sent["sent"], sender_rate=sent["rate"],
+                      sender_seconds=sent["seconds"], drops=sent["sent"] - result["unique"])
+        return result
+
+    @staticmethod
+    def _result(out_err):
+        out, err = out_err
+        for line in out.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[7:])
+        raise RuntimeError("receiver failed: %s" % (err.strip().splitlines()[-1:] or out))
+
+    def judge(self, result, rate):
+        """(ok, why) of one baseline stream run at *rate*: nothing lost, kept up, sender on time."""
+        if result["drops"]:
+            return False, "%d drops" % result["drops"]
+        lag = result.get("lag_max_ms")
+        if lag is not None and lag > STREAM_MAX_LAG * 1e3:
+            return False, "fell %.0f ms behind" % lag
+        if result["sender_rate"] < SENDER_SHORTFALL * rate:
+            return False, "sender reached only %.0f/s" % result["sender_rate"]
+        return True, "0 drops"
+
+    def search_rate(self, path, size):
+        """The highest rate from the ladder (then bisected) at which the baseline loses nothing.
+
+        Returns {"rate", "limited_by", "steps"}: limited_by is "receiver" (a higher rate lost
+        datagrams or fell behind), "sender" (send.py could not reach the next rate, and the
+        baseline kept up with what it sent: the rate is the sender's), "ladder" (the top of
+        the ladder passed) or "time" (--stream-search-seconds ran out while climbing).
+        """
+        ladder = STREAM_LADDER if size <= 1472 else STREAM_FRAG_LADDER
+        deadline = time.monotonic() + self.args.stream_search_seconds
+        steps = []
+        good = bad = None
+        sender_cap = None
+
+        def probe(rate):
+            self.log("  %s: %d B, search: stream at %d/s" % (BASELINE, size, rate))
+            try:
+                result = self.stream(path, BASELINE, size, rate)
+            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                steps.append({"rate": rate, "ok": False, "why": str(exc)})
+                return False, None
+            ok, why = self.judge(result, rate)
+            steps.append({"rate": rate, "ok": ok, "why": why, "drops": result["drops"],
+                          "sender_rate": result["sender_rate"],
+                          "lag_max_ms": result.get("lag_max_ms"),
+                          "cpu_us": result.get("cpu_us")})
+            self.log("    -> %s" % why)
+            return ok, result
+
+        for rate in ladder:
+            ok, result = probe(rate)
+            if ok:
+                good = rate
+            elif (result is not None and not result["drops"] and
+                  result["sender_rate"] < SENDER_SHORTFALL * rate and
+                  (result.get("lag_max_ms") or 0) <= STREAM_MAX_LAG * 1e3):
+                # the receiver kept up with all the sender could do: that is the ceiling
+                sender_cap = _round_down(result["sender_rate"] * 0.98)
+                break
+            else:
+                bad = rate
+                break
+            if time.monotonic() > deadline:
+                break
+        if sender_cap is not None:
+            return {"rate": max(sender_cap, good or 0), "limited_by": "sender", "steps": steps}
+        if bad is None:
+            return {"rate": good, "limited_by": "ladder" if good == ladder[-1] else "time",
+                    "steps": steps}
+        # below the first step: halve until one passes
+        while good is None and bad / 2.0 >= STREAM_MIN_RATE and time.monotonic() < deadline:
+            rate = int(bad / 2.0)
+            ok, _ = probe(rate)
+            if ok:
+                good = rate
+            else:
+                bad = rate
+        # then narrow the gap between the last good and the first bad rate
+        for _ in range(self.args.stream_bisect):
+            if good is None or time.monotonic() > deadline:
+                break
+            mid = _round_down((good + bad) / 2.0)
+            if mid <= good or mid >= bad:
+                break
+            ok, _ = probe(mid)
+            if ok:
+                good = mid
+            else:
+                bad = mid
+        if good is None:
+            good = STREAM_MIN_RATE
+        return {"rate": good, "limited_by": "receiver", "first_failing_rate": bad,
+                "steps": steps}
+
     def idle(self, path, receiver):
         port = self.next_port()
         proc = self.start_worker(path, {"mode": "idle", "receiver": receiver, "host":
@@ -428,6 +661,37 @@ class Bench:
         except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
             record.setdefault("errors", []).append("%s: %s" % (key, exc))
             self.log("    %s failed: %s" % (key, exc))
+
+    def stream_rate(self, path, size):
+        """The rate of the stream runs for one size: given, --quick, or searched."""
+        given = self.args.stream_rate if size <= 1472 else self.args.stream_frag_rate
+        if given:
+            return {"rate": given, "limited_by": "given", "steps": []}
+        if self.args.quick:
+            return {"rate": QUICK_STREAM_RATE if size <= 1472 else QUICK_STREAM_FRAG_RATE,
+                    "limited_by": "quick", "steps": []}
+        self.log("%d B over %s: searching the rate %s sustains" % (size, path.name, BASELINE))
+        return self.search_rate(path, size)
+
+    def stream_phase(self, runs, receivers, cases):
+        """Every receiver streamed at the baseline's sustainable rate, --repeat times each,
+        the receivers taking turns within a repeat (so that load changes hit all alike)."""
+        for path, size in cases:
+            info = self.stream_rate(path, size)
+            info["path"] = path.name
+            self.stream_info[str(size)] = info
+            self.log("%d B over %s: stream at %d/s (%s)" % (size, path.name, info["rate"],
+                                                            info["limited_by"]))
+            names = [r for r in receivers if not (size > 1472 and r in OPTIONAL)]
+            for rep in range(self.args.repeat):
+                for receiver in names:
+                    cell = runs[receiver]["sizes"].setdefault(
+                        str(size), {"path": path.name, "count": 0})
+                    self.log("%s: %d B over %s, stream %d/s for %.1f s (%d/%d)"
+                             % (receiver, size, path.name, info["rate"],
+                                self.args.stream_seconds, rep + 1, self.args.repeat))
+                    self.attempt(cell, "stream", self.stream, path, receiver, size,
+                                 info["rate"])
 
     def run(self, receivers, sizes, fragmented):
         runs = {}
@@ -454,10 +718,18 @@ class Bench:
                                     self.args.repeat))
                         self.attempt(cell, "drain", self.drain, path, receiver, size, count)
                         self.attempt(cell, "latency", self.latency, path, receiver, size)
+            if self.args.stream:
+                self.stream_phase(runs, receivers, cases)
         finally:
             if pair is not None:
                 pair.__exit__()
         return runs
+
+
+def _round_down(rate):
+    """A round figure at most *rate* (thousands from 10,000, else hundreds), >= STREAM_MIN_RATE."""
+    step = 1000 if rate >= 10000 else 100
+    return max(STREAM_MIN_RATE, int(rate // step * step))
 
 
 def summarize(runs):
@@ -479,12 +751,42 @@ def summarize(runs):
                 "latency_p99_us": _common.median(r["p99_us"] for r in lat),
                 "latency_drops": _common.median(r["drops"] for r in lat),
                 "idle_cpu_pct": idle,
-                "errors": cell.get("errors", []) + rec["idle"].get("errors", []),
+                "errors": [e for e in cell.get("errors", []) if not e.startswith("stream:")]
+                          + rec["idle"].get("errors", []),
             })
     base = {row["size"]: row for row in rows if row["receiver"] == BASELINE}
     for row in rows:
         b = base.get(row["size"])
         row["rate_ratio"] = _ratio(row["drain_rate"], b and b["drain_rate"])
+        row["cpu_ratio"] = _ratio(row["cpu_us_per_datagram"], b and b["cpu_us_per_datagram"])
+    order = {name: i for i, name in enumerate(RECEIVERS)}
+    rows.sort(key=lambda r: (r["size"], order.get(r["receiver"], 99)))
+    return rows
+
+
+def summarize_stream(runs, info):
+    """Medians of the stream runs per receiver and size, CPU ratio to the socket baseline."""
+    rows = []
+    for receiver, rec in runs.items():
+        for size, cell in rec["sizes"].items():
+            streams = cell.get("stream", [])
+            errors = [e for e in cell.get("errors", []) if e.startswith("stream:")]
+            if not streams and not errors:
+                continue
+            med = lambda key: _common.median(r.get(key) for r in streams)  # noqa: E731
+            rows.append({
+                "receiver": receiver, "size": int(size), "path": cell["path"],
+                "target_rate": (info.get(size) or {}).get("rate"), "repeats": len(streams),
+                "sender_rate": med("sender_rate"), "receive_rate": med("rate"),
+                "count": med("count"), "received": med("unique"), "drops": med("drops"),
+                "max_drops": max(r["drops"] for r in streams) if streams else None,
+                "cpu_us_per_datagram": med("cpu_us"), "lag_max_ms": med("lag_max_ms"),
+                "ended": sorted({r.get("ended") for r in streams}),
+                "errors": errors,
+            })
+    base = {row["size"]: row for row in rows if row["receiver"] == BASELINE}
+    for row in rows:
+        b = base.get(row["size"])
         row["cpu_ratio"] = _ratio(row["cpu_us_per_datagram"], b and b["cpu_us_per_datagram"])
     order = {name: i for i, name in enumerate(RECEIVERS)}
     rows.sort(key=lambda r: (r["size"], order.get(r["receiver"], 99)))
@@ -511,11 +813,50 @@ def table(rows):
                       _fmt(r["latency_p50_us"], ".0f"), _fmt(r["latency_p99_us"], ".0f"),
                       _fmt(r["idle_cpu_pct"], ".2f"), _fmt(r["rate_ratio"], ".2f"),
                       _fmt(r["cpu_ratio"], ".2f")))
+    out = _columns(head, lines)
+    for r in rows:
+        for err in r["errors"]:
+            out.append("! %s %d B: %s" % (r["receiver"], r["size"], err))
+    return "\n".join(out)
+
+
+def _columns(head, lines, left=2):
     widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
     fmt_row = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [fmt_row(head), "  ".join("-" * w for w in widths)]
-    out.extend(fmt_row(line) for line in lines)
+        c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return [fmt_row(head), "  ".join("-" * w for w in widths)] + [fmt_row(x) for x in lines]
+
+
+def stream_table(rows, info):
+    """The stream runs: every receiver at the rate the socket baseline sustains."""
+    head = ("size B", "receiver", "rate/s", "sent/s", "received", "drops", "CPU us/dgram",
+            "CPU x", "lag max ms")
+    lines = []
+    for r in rows:
+        lines.append((str(r["size"]), r["receiver"], _fmt(r["target_rate"], ",.0f"),
+                      _fmt(r["sender_rate"], ",.0f"), _fmt(r["received"], ",.0f"),
+                      _fmt(r["drops"], ",.0f"), _fmt(r["cpu_us_per_datagram"], ".2f"),
+                      _fmt(r["cpu_ratio"], ".2f"), _fmt(r["lag_max_ms"], ".1f")))
+    out = _columns(head, lines)
+    for size in sorted(info, key=int):
+        i = info[size]
+        steps = ", ".join("%s/s %s" % (format(st["rate"], ",.0f"), st["why"])
+                          for st in i.get("steps", []))
+        why = {"receiver": "the next rate tried lost datagrams or fell behind",
+               "sender": "send.py could not send faster; the socket kept up with all it sent",
+               "ladder": "the top of the ladder; higher rates were not tried",
+               "time": "the search ran out of time (--stream-search-seconds)",
+               "given": "given with --stream-rate / --stream-frag-rate",
+               "quick": "fixed rate of --quick, not searched"}.get(i["limited_by"], "")
+        out.append("%s B: stream rate %s/s (%s)%s" % (size, format(i["rate"], ",.0f"), why,
+                                                     "; search: " + steps if steps else ""))
+    short = ["%s %d B (%s/s)" % (r["receiver"], r["size"], _fmt(r["sender_rate"], ",.0f"))
+             for r in rows if r["sender_rate"] and r["target_rate"]
+             and r["sender_rate"] < SENDER_SHORTFALL * r["target_rate"]]
+    if short:
+        out.append("sender short of the rate with: %s -- the capture's kernel work (ring copies, "
+                   "ICMP port-unreachable replies as no socket is bound) runs in the sender's "
+                   "softirq on its CPU" % "; ".join(short))
     for r in rows:
         for err in r["errors"]:
             out.append("! %s %d B: %s" % (r["receiver"], r["size"], err))
@@ -599,6 +940,26 @@ def build_parser():
                    help="length of the latency run (default 2)")
     p.add_argument("--idle-seconds", type=float, default=2.0,
                    help="length of the idle CPU run (default 2)")
+    stream = p.add_mutually_exclusive_group()
+    stream.add_argument("--stream", dest="stream", action="store_true", default=True,
+                        help="stream runs: the receiver reads while the sender sends at the "
+                             "rate socket.recvfrom_into sustains (default)")
+    stream.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="no stream runs (drain, latency and idle CPU only)")
+    p.add_argument("--stream-rate", type=float,
+                   help="datagrams/s of the stream runs of the loopback sizes; skips the "
+                        "search for the socket's sustainable rate")
+    p.add_argument("--stream-frag-rate", type=float,
+                   help="the same for the %d B fragmented case" % FRAGMENTED_SIZE)
+    p.add_argument("--stream-seconds", type=float, default=3.0,
+                   help="length of each stream run (default 3)")
+    p.add_argument("--stream-search-seconds", type=float, default=90.0,
+                   help="time limit of the sustainable-rate search per size (default 90)")
+    p.add_argument("--stream-bisect", type=int, default=1,
+                   help="bisection steps after the ladder %s (fragmented %s) found the first "
+                        "failing rate (default 1)"
+                        % ("/".join("%dk" % (r // 1000) for r in STREAM_LADDER),
+                           "/".join(str(r) for r in STREAM_FRAG_LADDER)))
     p.add_argument("--rcvbuf", type=int, default=256 << 20,
                    help="receive buffer of every receiver in bytes (default 256 MiB)")
     p.add_argument("--port", type=int, default=15500, help="first UDP port used (default 15500)")
@@ -622,6 +983,7 @@ def main(argv=None):
         args.repeat = 1
         args.latency_seconds = min(args.latency_seconds, 0.5)
         args.idle_seconds = min(args.idle_seconds, 1.0)
+        args.stream_seconds = min(args.stream_seconds, 0.5)
         if args.fragmented is None:
             args.fragmented = False
     try:
@@ -640,6 +1002,9 @@ def main(argv=None):
                                                                  ", ".join(RECEIVERS)))
     if args.repeat < 1 or args.count < 1:
         parser.error("--repeat and --count must be at least 1")
+    if args.stream_seconds <= 0 or any(r is not None and r <= 0 for r in
+                                       (args.stream_rate, args.stream_frag_rate)):
+        parser.error("--stream-seconds, --stream-rate and --stream-frag-rate must be positive")
     if args.fragmented is None:
         args.fragmented = _common.is_root()
     if args.fragmented and not _common.is_root():
@@ -651,12 +1016,16 @@ def main(argv=None):
     started = time.monotonic()
     runs = bench.run(receivers, sizes, args.fragmented)
     rows = summarize(runs)
-    report = {"rows": rows, "runs": runs, "skipped": skipped, "seconds":
+    stream_rows = summarize_stream(runs, bench.stream_info)
+    report = {"rows": rows, "stream_rows": stream_rows, "stream": bench.stream_info,
+              "runs": runs, "skipped": skipped, "seconds":
               time.monotonic() - started, "settings": {
                   "count": args.count, "frag_count": args.frag_count, "repeat": args.repeat,
                   "sizes": sizes, "fragmented": args.fragmented,
                   "latency_rate": args.latency_rate, "latency_seconds": args.latency_seconds,
                   "idle_seconds": args.idle_seconds, "rcvbuf": args.rcvbuf,
+                  "stream_seconds": args.stream_seconds if args.stream else None,
+                  "stream_max_lag_ms": STREAM_MAX_LAG * 1e3,
                   "cpus": {"receiver": bench.rx_cpu, "sender": bench.tx_cpu},
                   "clock": _common.clock_name()}}
     if args.svg:
@@ -665,12 +1034,22 @@ def main(argv=None):
     if args.json:
         print(json.dumps(report, indent=1))
     else:
+        print("drain ceiling (queue --count datagrams, then read them), latency at %g/s, "
+              "idle CPU" % args.latency_rate)
         print(table(rows))
-        print("(medians of %d run(s); ratios vs %s; %.0f s)"
-              % (args.repeat, BASELINE, report["seconds"]))
         if any(row["drops"] for row in rows):
             print("drops: datagrams of the drain run that did not fit the receiver's buffer "
                   "(--rcvbuf %d) while it was not reading" % args.rcvbuf)
+        if args.stream:
+            print()
+            print("stream (read while the sender sends at the socket's sustainable rate for "
+                  "%g s; CPU between the first and the last datagram)" % args.stream_seconds)
+            print(stream_table(stream_rows, bench.stream_info))
+            print("drops: sequence numbers that never arrived (or were unread when the run "
+                  "was cut at 1.5x its length + 2 s); lag max: worst receive-minus-send time "
+                  "sampled every %d datagrams" % STREAM_SAMPLE_EVERY)
+        print("(medians of %d run(s); ratios vs %s; %.0f s)"
+              % (args.repeat, BASELINE, report["seconds"]))
     return 0
 
 
