@@ -591,7 +591,7 @@ def run_self_test(env, bind_host, dest_host, count, group=None, multicast_if=Non
         sock = env.udpcap_socket()
         if group:
             sock.join_multicast_group(group)
-        sock.bind((bind_host, _free_port(bind_host)))
+        sock.bind((bind_host, 0))                # port 0: a free port, as with a socket
         port = sock.getsockname()[1]
         result["port"] = port
         result["filters"] = sock.filter_expressions()
@@ -635,15 +635,6 @@ def run_self_test(env, bind_host, dest_host, count, group=None, multicast_if=Non
             sock.close()
     result.update(summarize(count, sequences, latencies, nbytes))
     return result
-
-
-def _free_port(host):
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-    finally:
-        probe.close()
 
 
 def _self_test_fix(env, result, multicast=False):
