@@ -281,21 +281,23 @@ _FIXED_LINK_HEADERS = {
 }
 
 
-def make_batch_parser(linktype):
-    """Return the batch walker for a pcap ``linktype`` (see the comment above)."""
+def make_batch_parser(linktype, fast_path=True):
+    """Return the batch walker for a pcap ``linktype`` (see the comment above).
+
+    ``fast_path=False`` sends every frame through the general path; the tests compare both.
+    """
     parse_link = make_link_parser(linktype)
-    fixed = _FIXED_LINK_HEADERS.get(linktype)
+    fixed = _FIXED_LINK_HEADERS.get(linktype) if fast_path else None
     if fixed is None:
-        fast = None
+        unpack_fast = None
         minimum = 1 << 30
         marker_a = marker_b = ip_offset = -1
     else:
         code, marker_at, markers, ip_offset = fixed
-        fast = struct.Struct("!%dx%s%dx5I4H" % (marker_at, code,
-                                                  ip_offset - marker_at - struct.calcsize(code)))
-        minimum = fast.size
+        unpack_fast = struct.Struct("!%dx%s%dx5I4H" % (
+            marker_at, code, ip_offset - marker_at - struct.calcsize(code))).unpack_from
+        minimum = ip_offset + 28
         marker_a, marker_b = markers[0], markers[-1]
-    unpack_fast = fast.unpack_from if fast is not None else None
     caplen_at = _record_caplen.unpack_from
 
     def parse_batch(view, pos, count, port, stats, verify, datagrams):
@@ -307,13 +309,20 @@ def make_batch_parser(linktype):
             if caplen >= minimum:
                 marker, w0, w1, w2, src, dst, sport, dport, ulen, _ = unpack_fast(view, start)
                 if ((marker == marker_a or marker == marker_b) and w0 >> 24 == 0x45
-                        and not w1 & 0x3FFF and w2 >> 16 & 0xFF == IPPROTO_UDP
-                        and dport == port and not (w0 + w1 + w2 + src + dst) % 0xFFFF):
+                        and w2 >> 16 & 0xFF == IPPROTO_UDP
+                        and not (w0 + w1 + w2 + src + dst) % 0xFFFF):
                     total = w0 & 0xFFFF
-                    if 8 <= ulen <= total - 20 and total <= caplen - ip_offset and not verify:
-                        first = start + ip_offset + 28
-                        append((src, dst, sport, first, first + ulen - 8, start, view))
-                        continue
+                    if 20 <= total <= caplen - ip_offset:
+                        ip = start + ip_offset
+                        if not w1 & 0x3FFF:
+                            if dport == port and 8 <= ulen <= total - 20 and not verify:
+                                append((src, dst, sport, ip + 28, ip + 20 + ulen, start, view))
+                                continue
+                        else:
+                            append((None, (FRAGMENT, src, dst, w1 >> 16, (w1 & 0x1FFF) << 3,
+                                           bool(w1 & 0x2000), ip + 20, ip + total),
+                                    None, 0, 0, start, view))
+                            continue
             # The general path: every other frame, with exact accounting.
             ip = parse_link(view, start, pos, stats)
             if ip < 0:

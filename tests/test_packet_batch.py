@@ -1,0 +1,109 @@
+"""The batch walker's one-unpack fast path decides exactly as the general path does.
+
+``make_batch_parser(linktype)`` handles the common frame (fixed link header, IPv4 without
+options, UDP to our port or a fragment, good header checksum) with one ``struct`` unpack and
+sends everything else through ``make_link_parser`` + ``parse_ipv4``.  These tests walk the same
+batches with the fast path on and off (``fast_path=False``) and require identical output and
+identical statistics, over crafted edge cases and a seeded random mix of valid and mutated
+frames, for every link type that has a fast path.
+"""
+
+import random
+import struct
+
+import pytest
+
+import packets as P
+from udpcap_ctypes import _packet, _pcap
+from udpcap_ctypes._stats import Statistics
+
+PORT = 5000
+FAST_LINKTYPES = [_pcap.DLT_EN10MB, _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2, _pcap.DLT_NULL,
+                  _pcap.DLT_LOOP]
+RECORD = struct.Struct("=IIII")
+
+
+def batch(frames):
+    """Frames laid out as savefile records, as the capture readers produce them."""
+    out = bytearray()
+    for frame in frames:
+        out += RECORD.pack(0, 0, len(frame), len(frame)) + frame
+    return out
+
+
+def walk(linktype, frames, fast_path, verify=False):
+    parse = _packet.make_batch_parser(linktype, fast_path=fast_path)
+    stats = Statistics()
+    found = []
+    view = memoryview(batch(frames))
+    end = parse(view, 0, len(frames), PORT, stats, verify, found)
+    assert end == len(view)
+    # Views compare by identity; compare what they point at instead.
+    result = [(e[0], e[1], e[2], e[3], e[4], e[5]) for e in found]
+    return result, stats.snapshot()
+
+
+def datagram(payload=b"x" * 32, dport=PORT, **ip):
+    src, dst = ip.pop("src", "198.18.0.1"), ip.pop("dst", "198.18.0.2")
+    return P.ipv4(P.udp(payload, dport=dport, src=src, dst=dst), src=src, dst=dst, **ip)
+
+
+def edge_packets():
+    """IPv4 packets at every boundary the fast path tests."""
+    segment = P.udp(b"y" * 3000, dport=PORT, src="198.18.0.1", dst="198.18.0.2")
+    frags = [pkt for _o, _m, pkt in P.fragment_ip(segment, "198.18.0.1", "198.18.0.2", 7)]
+    return [
+        datagram(),                                    # the common case
+        datagram(b""),                                 # empty payload: total 28
+        datagram(dport=PORT + 1),                      # other port
+        datagram(proto=6),                             # not UDP
+        datagram(checksum=0x1234),                     # bad header checksum
+        datagram(options=b"\x01\x01\x01\x01"),         # IHL 6
+        datagram(total_length=19),                     # total below the header
+        datagram(total_length=27),                     # no room for the UDP header
+        datagram(total_length=2000),                   # beyond the captured bytes
+        datagram(version=6),
+        P.ipv4(P.udp(b"z" * 20, dport=PORT, length=7, checksum=0), src="198.18.0.1",
+               dst="198.18.0.2"),
+        P.ipv4(P.udp(b"z" * 20, dport=PORT, length=60, checksum=0), src="198.18.0.1",
+               dst="198.18.0.2"),
+        datagram(df=True),                             # DF set: not a fragment
+        datagram(flags_raw=0x8000),                    # the reserved bit: not a fragment
+    ] + frags + [frags[1][:30], frags[0][:25]]         # fragments, and truncated ones
+
+
+@pytest.mark.parametrize("linktype", FAST_LINKTYPES)
+def test_edge_cases_same_on_both_paths(linktype):
+    frames = [P.wrap(linktype, pkt) for pkt in edge_packets()]
+    fast = walk(linktype, frames, True)
+    general = walk(linktype, frames, False)
+    assert fast == general
+    # And the fast path is really taken for the common case: two frames, one datagram each.
+    assert len(walk(linktype, frames[:2], True)[0]) == 2
+
+
+@pytest.mark.parametrize("linktype", FAST_LINKTYPES)
+def test_checksum_verification_takes_the_general_path_with_same_result(linktype):
+    frames = [P.wrap(linktype, pkt) for pkt in edge_packets()]
+    assert walk(linktype, frames, True, verify=True) == walk(linktype, frames, False,
+                                                             verify=True)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_and_mutated_frames_same_on_both_paths(seed):
+    """4,000 frames per seed: valid datagrams and fragments, then bit flips, truncations and
+    lying length fields, across the fast-path link types."""
+    rng = random.Random(seed)
+    base = edge_packets()
+    for linktype in FAST_LINKTYPES:
+        frames = []
+        for _ in range(800):
+            frame = bytearray(P.wrap(linktype, rng.choice(base)))
+            for _flip in range(rng.choice((0, 0, 1, 2, 3))):
+                frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+            if rng.random() < 0.2:
+                del frame[rng.randrange(len(frame) + 1):]
+            frames.append(bytes(frame))
+        fast = walk(linktype, frames, True)
+        assert fast == walk(linktype, frames, False)
+        assert fast[0], "the mix must contain deliverable datagrams"
