@@ -72,6 +72,9 @@ class Platform:
     def groups_joined(self, groups, captures, multicast_loopback):
         """Called with newly joined groups (ints) once captures are open."""
 
+    def prepare(self, capture):
+        """Platform settings of a freshly activated capture."""
+
 
 class PosixPlatform(Platform):
     own_multicast_seen_on = "egress"

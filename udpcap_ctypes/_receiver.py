@@ -25,7 +25,6 @@ log = logging.getLogger("udpcap_ctypes")
 
 _u16 = struct.Struct("!H")
 _ADDRESS_CACHE_LIMIT = 4096
-_NOTHING = (None,) * 7
 
 
 def is_multicast(address):
@@ -49,7 +48,7 @@ class _OpenCapture:
         self.own_macs = own_macs
         self.parse_link = _packet.make_link_parser(capture.linktype)
         self.is_own = _packet.make_outgoing_test(capture.linktype, own_macs)
-        # Whether a frame's direction must be asked before delivering unicast (see _accepts).
+        # Must a frame's direction be asked before delivering unicast?  (See Receiver._fill.)
         self.check_own = own_on_egress and (bool(own_macs) or capture.linktype in (
             _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
         self.parse_batch = _packet.make_batch_parser(capture.linktype)
@@ -76,7 +75,7 @@ class Receiver:
         self.memberships = None
         self.port_guard = None
         self._addresses = {}            # (src << 16 | sport) -> ("a.b.c.d", sport)
-        self._ready = self.ready = collections.deque()  # (buffer, first, last, address)
+        self.ready = collections.deque()  # (buffer, first, last, address) to hand out
         self._rr = 0
         self.reassembler = Reassembler(stats, max_age=options.reassembly_timeout,
                                        wanted=self._wanted_first_fragment)
@@ -122,9 +121,7 @@ class Receiver:
                     immediate=self.options.immediate, promiscuous=self.options.promiscuous,
                     libc=self.platform.libc)
                 try:
-                    prepare = getattr(self.platform, "prepare", None)
-                    if prepare is not None:
-                        prepare(capture)
+                    self.platform.prepare(capture)
                     is_loopback = self.platform.is_loopback(device)
                     own_macs = () if is_loopback else self.platform.own_macs(device, capture)
                     opened = _OpenCapture(capture, device, is_loopback, own_macs,
@@ -224,7 +221,7 @@ class Receiver:
         (:meth:`_fill`).  ``stats.delivered`` is settled from the queue length (see
         :meth:`settle_stats`), so handing out costs no counter update.
         """
-        ready = self._ready
+        ready = self.ready
         if not ready and not (fill and self._fill()):
             return None
         buf, first, last, address = ready.popleft()
@@ -240,16 +237,16 @@ class Receiver:
         """Make ``delivered``/``delivered_bytes`` count handed-out datagrams only."""
         with self.io_lock:
             stats = self.stats
-            stats.delivered = stats.accepted - len(self._ready)
+            stats.delivered = stats.accepted - len(self.ready)
             stats.delivered_bytes = stats.accepted_bytes - sum(
-                last - first for _b, first, last, _a in self._ready)
+                last - first for _b, first, last, _a in self.ready)
 
     def _fill(self):
         """Read batches from the captures, round robin, until one yields a deliverable datagram
         (True) or every capture is empty (False).
 
         A batch stays valid until the next refill of its capture, which happens only once
-        :attr:`_ready` is empty again.  The pure batch parser finds the UDP datagrams to our
+        :attr:`ready` is empty again.  The pure batch parser finds the UDP datagrams to our
         port; this loop applies the delivery rules and queues what passes.
         """
         captures = self.captures
@@ -257,7 +254,7 @@ class Receiver:
         stats = self.stats
         port = self.port
         verify = self._verify_udp
-        ready = self._ready
+        ready = self.ready
         append = ready.append
         addresses = self._addresses
         bound = self.bound_address
@@ -374,7 +371,7 @@ class Receiver:
             self.port_guard.close()
             self.port_guard = None
         self.reassembler.clear()
-        self._ready.clear()
+        self.ready.clear()
 
 
 def select_devices(devices, address, is_loopback):
