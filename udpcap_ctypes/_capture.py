@@ -18,7 +18,6 @@ import ctypes
 import errno
 import logging
 import struct
-import sys
 import threading
 
 from . import _pcap, _structs

@@ -14,7 +14,7 @@ import socket
 import struct
 import sys
 
-from . import _pcap, _structs
+from . import _pcap
 
 log = logging.getLogger("udpcap_ctypes")
 
