@@ -13,6 +13,7 @@ import select
 import socket
 import struct
 import sys
+import threading
 
 from . import _pcap
 
@@ -22,11 +23,19 @@ MAX_SNAPLEN = 262144
 LINK_OVERHEAD = 64            # link header + up to two VLAN tags + slack, above the MTU
 
 
+_platforms = {}
+_platforms_lock = threading.Lock()
+
+
 def current(library):
-    """The :class:`Platform` for the loaded capture *library*."""
-    if library.windows:
-        return WindowsPlatform(library)
-    return PosixPlatform(library)
+    """The :class:`Platform` for the loaded capture *library* (one per library and process:
+    the C library, the Win32 declarations and the Npcap registry view are shared)."""
+    with _platforms_lock:
+        platform = _platforms.get(id(library))
+        if platform is None or platform.library is not library:
+            platform = WindowsPlatform(library) if library.windows else PosixPlatform(library)
+            _platforms[id(library)] = platform
+        return platform
 
 
 class Platform:
