@@ -139,12 +139,20 @@ class PosixPlatform(Platform):
 class WindowsPlatform(Platform):
     own_multicast_seen_on = "loopback"
 
-    def __init__(self, library):
+    def __init__(self, library, api=None, registry=None, kickstart=None):
+        """*api* (``_win32.Win32Api``), *registry* (``read_values(subkey)``) and *kickstart*
+        default to the real Windows ones; tests pass stand-ins."""
         super().__init__(library)
         from . import _win32
         self._win32 = _win32
-        self.api = _win32.Win32Api()
-        self.install = _win32.read_npcap_registry(_win32.WinregReader())
+        self.api = api if api is not None else _win32.Win32Api()
+        self._kickstart = kickstart or _win32.loopback_kickstart
+        try:
+            self.install = _win32.read_npcap_registry(registry or _win32.WinregReader())
+        except OSError as exc:
+            log.warning("cannot read Npcap's registry settings (%s); the loopback adapter is "
+                        "recognised by its name \\Device\\NPF_Loopback only", exc)
+            self.install = None
         self.libc = None
 
     def is_loopback(self, device):
@@ -180,8 +188,7 @@ class WindowsPlatform(Platform):
         if not (groups and multicast_loopback and any(c.is_loopback for c in captures)):
             return
         try:
-            self._win32.loopback_kickstart(
-                [socket.inet_ntoa(struct.pack("!I", g)) for g in sorted(groups)])
+            self._kickstart([socket.inet_ntoa(struct.pack("!I", g)) for g in sorted(groups)])
         except OSError as exc:
             log.warning("multicast loopback kickstart failed (%s): datagrams this host sends "
                         "to the group may not be captured until another local program joins it",
