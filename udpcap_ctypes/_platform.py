@@ -244,17 +244,17 @@ class PollWaiter:
         if self._needs_slices:
             timeout = self.FALLBACK_SLICE if timeout is None else min(timeout,
                                                                       self.FALLBACK_SLICE)
-        ms = None if timeout is None else max(0, int(timeout * 1000.0 + 0.999))
-        events = self._poll.poll(ms)
+        if timeout is None:
+            events = self._poll.poll()
+        else:
+            events = self._poll.poll(max(0, int(timeout * 1000.0 + 0.999)))
         if not events:
             return False
-        read_fd = self._read_fd
-        for fd, _ in events:
-            if fd == read_fd:
-                try:
-                    os.read(read_fd, 4096)
-                except BlockingIOError:
-                    pass
+        if len(events) > 1 or events[0][0] == self._read_fd:
+            try:
+                os.read(self._read_fd, 4096)      # a wake(): empty the pipe
+            except OSError:
+                pass
         return True
 
     def wake(self):

@@ -283,21 +283,24 @@ class UdpcapSocket:
 
     def _receive(self, target, nbytes):
         receiver = self._receiver
+        if self._closed:
+            raise SocketClosedError()
         if receiver is None:
-            if self._closed:
-                raise SocketClosedError()
             raise NotBoundError()
-        # Fast path: something is queued.  close() takes io_lock before it releases the
-        # captures, so holding it here is enough.
         nonblocking = self._timeout == 0.0
-        with receiver.io_lock:
-            if self._closed:
-                raise SocketClosedError()
-            result = receiver.poll(target, nbytes, receiver.drain_before_wait or nonblocking)
-        if result is not None:
-            return result
-        if nonblocking:
-            raise BlockingIOError(errno.EAGAIN, "no datagram is queued (non-blocking)")
+        if nonblocking or receiver.drain_before_wait or receiver.ready:
+            # Read without waiting.  close() takes io_lock before it releases the captures,
+            # so holding it here is enough.
+            with receiver.io_lock:
+                if self._closed:
+                    raise SocketClosedError()
+                result = receiver.poll(target, nbytes)
+            if result is not None:
+                return result
+            if nonblocking:
+                raise BlockingIOError(errno.EAGAIN, "no datagram is queued (non-blocking)")
+        # Otherwise (Linux, immediate mode) the wait itself returns at once while the ring
+        # holds unread frames: no read attempt before it.
         return self._wait_and_receive(receiver, target, nbytes)
 
     def _wait_and_receive(self, receiver, target, nbytes):
@@ -308,14 +311,14 @@ class UdpcapSocket:
         """
         timeout = self._timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        wait = receiver.waiter.wait
-        poll = receiver.poll
-        io_lock = receiver.io_lock
         with self._state_lock:
             if self._closed:
                 raise SocketClosedError()
             self._receiving += 1
         try:
+            wait = receiver.waiter.wait      # close() leaves the waiter to us from here on
+            poll = receiver.poll
+            io_lock = receiver.io_lock
             while True:
                 if deadline is None:
                     wait(None)
