@@ -335,22 +335,32 @@ def test_close_wakes_blocked_receiver_within_100ms(netpair, method, timeout):
     SocketClosedError (errno EBADF) within 100 ms of the close() call.  Bound to 0.0.0.0 in B
     (captures on lo and the veth)."""
     with nslib.in_namespace(netpair.b):
-        sock = UdpcapSocket()
-        try:
-            sock.bind(("0.0.0.0", PORT))
-            sock.settimeout(timeout)
-            job = Background(lambda: RECEIVES[method](sock))
-            time.sleep(0.3)
-            assert job.thread.is_alive() and job.error is None, "receiver was not blocked"
-            closed_at = time.monotonic()
-            sock.close()
-            job.join(3.0)
-        finally:
-            sock.close()
-    assert isinstance(job.error, SocketClosedError), job.error
-    assert job.error.errno == errno.EBADF
-    latency = job.finished - closed_at
+        error, latency = close_while_blocked(lambda sock: RECEIVES[method](sock), timeout)
+    assert isinstance(error, SocketClosedError), error
+    assert error.errno == errno.EBADF
     assert latency < 0.1, "blocked receiver raised %.3f s after close()" % latency
+
+
+def close_while_blocked(receive, timeout=None, devices=None):
+    """Bind to 0.0.0.0:PORT, block a thread in ``receive(sock)``, close() from this thread.
+
+    Returns ``(what the receiving thread raised, seconds from close() to that)``.
+    """
+    sock = UdpcapSocket()
+    try:
+        sock.bind(("0.0.0.0", PORT))
+        if devices is not None:
+            assert len(sock.filter_expressions()) == devices
+        sock.settimeout(timeout)
+        job = Background(lambda: receive(sock))
+        time.sleep(0.3)
+        assert job.thread.is_alive() and job.error is None, "receiver was not blocked"
+        closed_at = time.monotonic()
+        sock.close()
+        job.join(3.0)
+    finally:
+        sock.close()
+    return job.error, job.finished - closed_at
 
 
 def add_veth_devices(ns, count):
@@ -370,20 +380,8 @@ def test_close_wakes_blocked_receiver_with_many_devices(netpair):
     before it raises."""
     add_veth_devices(netpair.b, 4)
     with nslib.in_namespace(netpair.b):
-        sock = UdpcapSocket()
-        try:
-            sock.bind(("0.0.0.0", PORT))
-            assert len(sock.filter_expressions()) == 6
-            job = Background(lambda: sock.recvfrom(100))
-            time.sleep(0.3)
-            assert job.thread.is_alive() and job.error is None, "receiver was not blocked"
-            closed_at = time.monotonic()
-            sock.close()
-            job.join(3.0)
-        finally:
-            sock.close()
-    assert isinstance(job.error, SocketClosedError), job.error
-    latency = job.finished - closed_at
+        error, latency = close_while_blocked(lambda sock: sock.recvfrom(100), devices=6)
+    assert isinstance(error, SocketClosedError), error
     assert latency < 0.1, "blocked receiver raised %.3f s after close()" % latency
 
 
