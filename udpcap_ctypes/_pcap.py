@@ -137,15 +137,12 @@ PROTOTYPES = [
     ("pcap_stats", ctypes.c_int, [p_pcap, P_stat], _errcheck_status, "all"),
     ("pcap_open_offline", p_pcap, [ctypes.c_char_p, errbuf_t], _errcheck_handle, "all"),
     ("pcap_open_dead", p_pcap, [ctypes.c_int, ctypes.c_int], _errcheck_pointer, "all"),
-    ("pcap_dump_open", p_dumper, [p_pcap, ctypes.c_char_p], _errcheck_pointer, "all"),
     ("pcap_dump", None, [ctypes.c_void_p, P_pkthdr, ctypes.c_void_p], None, "all"),
-    ("pcap_dump_flush", ctypes.c_int, [p_dumper], None, "all"),
     ("pcap_dump_close", None, [p_dumper], None, "all"),
     # POSIX only
     ("pcap_get_selectable_fd", ctypes.c_int, [p_pcap], None, "posix"),
     ("pcap_setdirection", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "posix"),
     ("pcap_dump_fopen", p_dumper, [p_pcap, ctypes.c_void_p], _errcheck_pointer, "posix"),
-    ("pcap_dump_ftell", ctypes.c_long, [p_dumper], None, "posix"),
     # Windows (wpcap.dll) only
     ("pcap_getevent", ctypes.c_void_p, [p_pcap], _errcheck_pointer, "win"),
     ("pcap_setmintocopy", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "win"),
