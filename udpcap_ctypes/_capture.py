@@ -1,15 +1,15 @@
 """One open capture device: configure, activate, filter, read frames, count drops.
 
-This is the native half of the receive path.  It hands frames to the pure parser in
-:mod:`._packet` as ``(buffer, start, end)`` triples and never interprets them itself.
+This is the native half of the receive path.  It hands batches of frames to the pure parser
+in :mod:`._packet` and never interprets a frame itself.
 
 Frames are read in batches (:class:`BatchReader`): records in the savefile layout in one
 Python-owned buffer, which the receiver walks with ``struct`` and no native call per frame.
 
 * :class:`DumpBatchReader` (POSIX): one ``pcap_dispatch`` call moves a whole batch from the
   kernel ring into the buffer, entirely in C -- the per-packet callback is libpcap's own
-  ``pcap_dump`` writing into an ``fmemopen`` stream over that buffer.  This is what lets a
-  ctypes receiver keep up with the kernel socket.
+  ``pcap_dump`` writing into an ``fmemopen`` stream over that buffer: one native call per
+  batch, no Python callback per frame.
 * :class:`NextExReader` (everywhere; the Windows path): ``pcap_next_ex`` and a ``memmove`` per
   frame into the same kind of buffer.
 """
@@ -27,7 +27,6 @@ log = logging.getLogger("udpcap_ctypes")
 
 # pcap_compile() keeps parser state in globals in many libpcap versions: serialise it.
 _compile_lock = threading.Lock()
-
 
 
 def _pkthdr_struct():
@@ -121,8 +120,9 @@ _AF_INET = 2
 class Capture:
     """An activated, non-blocking capture handle on one device.
 
-    ``snaplen`` should follow the device MTU (see :func:`._platform.snaplen_for`): in immediate
-    mode Linux sizes every ring frame from it, so a needlessly large snaplen wastes the buffer.
+    ``snaplen`` should follow the device MTU on Linux (see ``Platform.snaplen_for``): in
+    immediate mode Linux sizes every ring slot from it, so a needlessly large snaplen wastes
+    the buffer.
     """
 
     def __init__(self, fns, device_name, snaplen, buffer_size, immediate=True, promiscuous=True,
