@@ -81,7 +81,7 @@ class Platform:
     def groups_joined(self, groups, captures, multicast_loopback):
         """Called with newly joined groups (ints) once captures are open."""
 
-    def prepare(self, capture):
+    def prepare(self, capture, is_loopback):
         """Platform settings of a freshly activated capture."""
 
 
@@ -94,6 +94,10 @@ class PosixPlatform(Platform):
     def __init__(self, library):
         super().__init__(library)
         self.libc = _load_libc()
+
+    def prepare(self, capture, is_loopback):
+        if is_loopback and sys.platform.startswith("linux"):
+            ignore_outgoing(capture)
 
     def snaplen_for(self, device):
         """Linux: MTU-sized, since in immediate mode every ring slot is snaplen-sized; a frame
@@ -174,7 +178,7 @@ class WindowsPlatform(Platform):
     def make_waiter(self, captures):
         return self._win32.EventWaiter(self.api, [c.event_handle() for c in captures])
 
-    def prepare(self, capture):
+    def prepare(self, capture, is_loopback):
         # Deliver each frame at once instead of waiting for 16 kB to collect in the driver.
         self.fns.pcap_setmintocopy(capture.handle, 0)
 
@@ -291,6 +295,37 @@ class _Libc:
             func.restype = restype
             func.argtypes = argtypes
             setattr(self, name, func)
+
+
+# <linux/if_packet.h>: SOL_PACKET level, PACKET_IGNORE_OUTGOING option (Linux 4.20).
+_SOL_PACKET = 263
+_PACKET_IGNORE_OUTGOING = 23
+
+
+def ignore_outgoing(capture):
+    """Linux: have the kernel skip outgoing frames for this capture's packet socket.
+
+    On ``lo`` every datagram passes packet capture twice, outgoing and incoming.  libpcap drops
+    the outgoing copy, but only after the kernel has copied it into the ring: half the ring's
+    slots and half the copying go to frames nobody reads.  (``pcap_setdirection`` only filters
+    in userland, and an ``inbound`` filter term cannot be evaluated by libpcap's userland
+    filter, which it runs on the first frame after each ``pcap_setfilter``: that frame would
+    be lost.)  Returns True when the option took effect; older kernels keep the old behaviour.
+    """
+    fd = capture.selectable_fd()
+    if fd < 0:
+        return False
+    # A dup of the fd shares the socket; closing it leaves the capture's own fd alone.
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
+        return True
+    except OSError as exc:
+        log.debug("PACKET_IGNORE_OUTGOING on %s: %s (kernel older than 4.20?)",
+                  capture.device_name, exc)
+        return False
+    finally:
+        sock.close()
 
 
 def _load_libc():

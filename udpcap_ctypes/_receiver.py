@@ -121,8 +121,8 @@ class Receiver:
                     immediate=self.options.immediate, promiscuous=self.options.promiscuous,
                     libc=self.platform.libc)
                 try:
-                    self.platform.prepare(capture)
                     is_loopback = self.platform.is_loopback(device)
+                    self.platform.prepare(capture, is_loopback)
                     own_macs = () if is_loopback else self.platform.own_macs(device, capture)
                     opened = _OpenCapture(capture, device, is_loopback, own_macs,
                                           self._own_on_egress)

@@ -1,0 +1,121 @@
+"""Live, on the real ``lo``: the kernel keeps outgoing copies out of the loopback capture ring.
+
+On Linux each datagram sent over ``lo`` passes packet capture twice, as an outgoing and as an
+incoming frame.  libpcap throws the outgoing copy away, but only after the kernel has copied it
+into the ring.  ``_platform.ignore_outgoing`` sets ``PACKET_IGNORE_OUTGOING`` so the kernel
+skips it.  ``pcap_stats``' ``ps_recv`` counts the frames that reached the ring, so it tells
+the two apart: N datagrams make N frames with the option and 2N without (the control, which
+proves the check can fail).
+"""
+
+import ctypes
+import os
+import socket
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import netns as nslib  # noqa: E402
+
+if nslib.REPO not in sys.path:
+    sys.path.insert(0, nslib.REPO)
+from udpcap_ctypes import UdpcapSocket, _capture, _platform, _structs  # noqa: E402
+from udpcap_ctypes._loader import get_library  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="PACKET_IGNORE_OUTGOING is a Linux packet-socket option")
+
+COUNT = 40
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ring_frames(capture):
+    """Frames the kernel put into the capture's ring (``ps_recv``)."""
+    stat = _structs.pcap_stat()
+    capture._fns.pcap_stats(capture.handle, ctypes.byref(stat))
+    return stat.ps_recv
+
+
+def _send(port, count, tag=b"d"):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(count):
+            tx.sendto(tag + b"%04d" % i, ("127.0.0.1", port))
+    time.sleep(0.05)
+
+
+def _read_payloads(capture, port):
+    """Every frame libpcap hands out, as UDP payloads (Ethernet framing on lo)."""
+    reader = capture.reader
+    payloads = []
+    while True:
+        found = reader.refill()
+        if not found:
+            return payloads
+        pos = reader.start
+        for _ in range(found):
+            caplen = int.from_bytes(reader.view[pos + 8:pos + 12], sys.byteorder)
+            frame = bytes(reader.view[pos + 16:pos + 16 + caplen])
+            assert int.from_bytes(frame[36:38], "big") == port
+            payloads.append(frame[42:])
+            pos += 16 + caplen
+        reader.consumed(pos)
+
+
+def _open_lo(port):
+    library = get_library()
+    platform = _platform.current(library)
+    capture = _capture.Capture(library.fns, "lo", 65535 + 64, 16 << 20,
+                               libc=platform.libc)
+    capture.set_filter("udp dst port %d" % port)
+    return capture
+
+
+@pytest.mark.parametrize("ignore", [True, False], ids=["ignore_outgoing", "control"])
+def test_loopback_ring_holds_each_datagram_once(ignore):
+    port = _free_port()
+    capture = _open_lo(port)
+    try:
+        if ignore:
+            assert _platform.ignore_outgoing(capture), "PACKET_IGNORE_OUTGOING was refused"
+        _send(port, COUNT)
+        assert _ring_frames(capture) == (COUNT if ignore else 2 * COUNT)
+        # Either way libpcap hands out each datagram exactly once, in order.
+        assert _read_payloads(capture, port) == [b"d%04d" % i for i in range(COUNT)]
+    finally:
+        capture.close()
+
+
+def test_first_frame_after_a_filter_change_is_delivered():
+    """libpcap filters the first frame after ``pcap_setfilter`` in userland.  A filter that
+    only the kernel can evaluate (``inbound``) would lose it; ours must not."""
+    port = _free_port()
+    capture = _open_lo(port)
+    try:
+        assert _platform.ignore_outgoing(capture)
+        for round_ in range(3):
+            capture.set_filter("udp dst port %d and udp[8] = %d" % (port, ord("a") + round_))
+            tag = bytes([ord("a") + round_])
+            _send(port, 1, tag)
+            assert _read_payloads(capture, port) == [tag + b"0000"]
+    finally:
+        capture.close()
+
+
+def test_bound_socket_loopback_capture_skips_outgoing_copies():
+    port = _free_port()
+    with UdpcapSocket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.settimeout(2.0)
+        (opened,) = sock._receiver.captures
+        _send(port, COUNT)
+        assert _ring_frames(opened.capture) == COUNT
+        got = [sock.recvfrom(64)[0] for _ in range(COUNT)]
+    assert got == [b"d%04d" % i for i in range(COUNT)]
