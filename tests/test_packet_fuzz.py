@@ -30,6 +30,7 @@ from udpcap_ctypes._packet import (FRAGMENT, UDP, make_link_parser, parse_ipv4, 
 from udpcap_ctypes._reassembly import Reassembler
 from udpcap_ctypes._receiver import Receiver, _OpenCapture
 from udpcap_ctypes._stats import Statistics
+from udpcap_ctypes import _platform
 from udpcap_ctypes.udpcap_socket import Options
 
 LINKTYPES = sorted(P.LINK_WRAPPERS)
@@ -324,6 +325,9 @@ class Device:
 class FakePosixPlatform:
     own_multicast_seen_on = "egress"
     drain_before_wait = False
+
+    def coalesce_default(self, immediate):
+        return _platform.PosixPlatform.COALESCE       # the decision code runs too
 
 
 def hostile_fragments(rng, src, ident):

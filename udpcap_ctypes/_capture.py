@@ -203,12 +203,14 @@ class BatchReader:
     :attr:`start` in :attr:`view`: each a 16-byte header (``ts_sec, ts_usec, caplen, len`` as
     native ``uint32``) followed by ``caplen`` captured bytes.  The caller walks them without a
     native call per frame and then reports where the batch ended with :meth:`consumed`.
-    Records stay valid until the next :meth:`refill`.
+    Records stay valid until the next :meth:`refill`.  :attr:`exhausted` says whether the last
+    refill stopped because the capture had nothing more (rather than for lack of room).
     """
 
     BUFFER_SIZE = 2 << 20
     view = None
     start = 0
+    exhausted = True
 
     def refill(self):
         raise NotImplementedError
@@ -262,7 +264,8 @@ class NextExReader(BatchReader):
             status = self._next_ex(*self._args)
             if status != 1:
                 if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
-                    break
+                    self.exhausted = True
+                    return count
                 raise _pcap.status_error("pcap_next_ex", status, self._handle)
             ts_sec, ts_usec, caplen, length = _PKTHDR.unpack(
                 ctypes.string_at(header.value, _PKTHDR.size))
@@ -271,6 +274,7 @@ class NextExReader(BatchReader):
                                  length)
             pos += 16 + caplen
             count += 1
+        self.exhausted = False
         return count
 
     def close(self):
@@ -323,6 +327,7 @@ class DumpBatchReader(BatchReader):
             self._write = 0
             room = self._size // self._record
         count = self._dispatch(self._handle, room, self._callback, self._dumper)
+        self.exhausted = count < room
         if count <= 0:
             if count < 0 and count != _pcap.PCAP_ERROR_BREAK:
                 raise _pcap.status_error("pcap_dispatch", count, self._handle)

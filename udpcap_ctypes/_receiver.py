@@ -87,6 +87,11 @@ class Receiver:
         # ring's fd is readable exactly while unread frames remain, so the wait itself tells,
         # and an idle receiver makes one native call per datagram instead of two.
         self.drain_before_wait = platform.drain_before_wait or not options.immediate
+        # Interrupt moderation (Options.coalesce): _fill decides, the socket's wait loop sleeps.
+        self.coalesce = (platform.coalesce_default(options.immediate)
+                         if options.coalesce is None else options.coalesce)
+        self.coalescing = False
+        self._last_fill = 0.0
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -308,7 +313,14 @@ class Receiver:
                 if queued:
                     stats.accepted += queued
                     self._rr = (index + 1) % count
+                    if self.coalesce:
+                        # Coalesce once the capture is empty, if frames come more than one
+                        # per wake-up or closer together than two coalescing delays.
+                        self.coalescing = reader.exhausted and (
+                            found > 1 or now - self._last_fill < 2.0 * self.coalesce)
+                        self._last_fill = now
                     return True
+        self.coalescing = False
         return False
 
     def _reassemble(self, parsed, view, now):

@@ -31,7 +31,7 @@ class Statistics:
         "frames", "accepted", "accepted_bytes", "delivered", "delivered_bytes", "truncated_deliveries", "not_for_us",
         "own_multicast_dropped", "malformed", "fragments", "reassembled",
         "reassembly_timeouts", "reassembly_evictions", "fragments_unwanted",
-        "pending_datagrams", "pending_bytes", "capture_drops",
+        "pending_datagrams", "pending_bytes", "capture_drops", "coalesced_waits",
     )
 
     def __init__(self):
@@ -52,6 +52,7 @@ class Statistics:
         self.pending_datagrams = 0       # gauge: datagrams being reassembled
         self.pending_bytes = 0           # gauge: bytes held for reassembly
         self.capture_drops = 0           # pcap_stats ps_drop (+ ps_ifdrop) at the last read
+        self.coalesced_waits = 0         # waits that let frames collect (Options.coalesce)
 
     def drop(self, reason):
         """Count one malformed frame or fragment."""
