@@ -283,6 +283,7 @@ class Receiver:
                 reader.consumed(opened.parse_batch(view, reader.start, found, port, stats,
                                                    verify, datagrams))
                 queued = len(ready)
+                queued_bytes = 0
                 for src, dst, sport, first, last, start, buf in datagrams:
                     if src is None:
                         # A fragment, in its place in the batch so that datagrams are queued
@@ -306,12 +307,13 @@ class Receiver:
                     address = addresses.get(key)
                     if address is None:
                         address = self._address(key, src, sport)
-                    stats.accepted_bytes += last - first
+                    queued_bytes += last - first
                     append((buf, first, last, address))
                 datagrams.clear()
                 queued = len(ready) - queued
                 if queued:
                     stats.accepted += queued
+                    stats.accepted_bytes += queued_bytes
                     self._rr = (index + 1) % count
                     if self.coalesce:
                         # Coalesce once the capture is empty, if frames come more than one
