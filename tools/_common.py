@@ -197,10 +197,10 @@ def pin_to_cpu(cpu):
     """Pin this process to one CPU where the OS allows it; returns True on success."""
     if cpu is None or not hasattr(os, "sched_setaffinity"):
         return False
+    # No pre-check against sched_getaffinity(0): that is the *inherited* mask (a child of a
+    # process pinned to CPU 0 starts with {0}), not the CPUs this process may use; the kernel
+    # refuses (EINVAL) a CPU outside the cpuset, which is the real limit.
     try:
-        available = os.sched_getaffinity(0)
-        if len(available) < 2 and cpu not in available:
-            return False
         os.sched_setaffinity(0, {cpu})
         return True
     except OSError:

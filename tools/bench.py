@@ -38,6 +38,8 @@ Receivers: UdpcapSocket.recvfrom_into, UdpcapSocket.recvfrom, UdpcapSocket(immed
 .recvfrom_into (TPACKET_V3 blocks: more burst tolerance per buffer byte, ~1 ms latency),
 socket.recvfrom_into (the baseline), and pypcap+dpkt and scapy when they are importable
 (skipped otherwise; not run on fragmented traffic, which they do not reassemble).
+UdpcapSocket(coalesce=0).recvfrom_into (interrupt moderation off) runs only when named in
+--receivers.
 
 Sizes: 32 B and 1400 B over loopback (127.0.0.1), and, when running as root, 60000 B (41 IPv4
 fragments each) between two network namespaces this tool creates (veth pair, MTU 1500,
@@ -68,8 +70,10 @@ import _common  # noqa: E402
 
 BASELINE = "socket.recvfrom_into"
 BATCHED = "UdpcapSocket(immediate=False).recvfrom_into"
-RECEIVERS = ("UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", BATCHED, BASELINE,
-             "pypcap+dpkt", "scapy")
+UNMODERATED = "UdpcapSocket(coalesce=0).recvfrom_into"     # interrupt moderation off
+RECEIVERS = ("UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", UNMODERATED, BATCHED,
+             BASELINE, "pypcap+dpkt", "scapy")
+DEFAULT_RECEIVERS = tuple(r for r in RECEIVERS if r != UNMODERATED)
 OPTIONAL = {"pypcap+dpkt": ("pcap", "dpkt"), "scapy": ("scapy",)}
 SLOW_RECEIVER_CAP = {"scapy": 10000}     # drain count cap: scapy takes ~0.3 ms a datagram
 FRAGMENTED_SIZE = 60000
@@ -102,7 +106,7 @@ class BenchReceiver:
 
 def open_bench_receiver(name, host, port, rcvbuf, iface):
     if name.startswith(("socket.", "UdpcapSocket")):
-        options = {"immediate": False} if name == BATCHED else None
+        options = {BATCHED: {"immediate": False}, UNMODERATED: {"coalesce": 0}}.get(name)
         sock = _common.open_receiver(name.startswith("socket."), (host, port), rcvbuf=rcvbuf,
                                      options=options)
         buf = bytearray(65536)
@@ -877,8 +881,8 @@ def stream_table(rows, info):
              and r["sender_rate"] < SENDER_SHORTFALL * r["target_rate"]]
     if short:
         out.append("sender short of the rate with: %s -- the sender's CPU also runs the softirq "
-                   "of the receive path (for captures: a ring copy per frame, two frames per "
-                   "datagram on lo; without --stream-guard, ICMP port-unreachable replies)"
+                   "of the receive path (for captures: a ring copy per frame; without "
+                   "--stream-guard, ICMP port-unreachable replies)"
                    % "; ".join(short))
     for r in rows:
         for err in r["errors"]:
@@ -889,8 +893,8 @@ def stream_table(rows, info):
 def svg_chart(rows, title="drain rate, datagrams/s (median)"):
     """Horizontal bar chart of the drain rates, one group per size, hand-written SVG."""
     colors = {"UdpcapSocket.recvfrom_into": "#1f77b4", "UdpcapSocket.recvfrom": "#6baed6",
-              BATCHED: "#9467bd", BASELINE: "#2ca02c", "pypcap+dpkt": "#ff7f0e",
-              "scapy": "#d62728"}
+              UNMODERATED: "#9ecae1", BATCHED: "#9467bd", BASELINE: "#2ca02c",
+              "pypcap+dpkt": "#ff7f0e", "scapy": "#d62728"}
     label_w, bar_w, bar_h, gap = 230, 420, 18, 4
     y = 40
     parts = []
@@ -955,7 +959,7 @@ def build_parser():
                            "(needs root; default when root, except with --quick)"
                            % FRAGMENTED_SIZE)
     frag.add_argument("--no-fragmented", dest="fragmented", action="store_false")
-    p.add_argument("--receivers", default=",".join(RECEIVERS),
+    p.add_argument("--receivers", default=",".join(DEFAULT_RECEIVERS),
                    help="comma-separated subset of: %s" % ", ".join(RECEIVERS))
     p.add_argument("--latency-rate", type=float, default=1000.0,
                    help="datagrams/s of the latency run (default 1000)")
