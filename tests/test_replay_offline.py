@@ -416,3 +416,40 @@ def test_live_tcpdump_capture_replayed(netpair, tmp_path):
     assert stats.fragments >= fragmented * 2
     # Other traffic on the link (ARP, IPv6 neighbour discovery) is "not IPv4"; nothing else.
     assert stats.malformed_total == stats.malformed["link_not_ipv4"]
+
+
+@pytest.mark.parametrize("which", ["next_ex", "dump"])
+def test_readers_say_when_the_capture_is_exhausted(tmp_path, which):
+    """``exhausted`` (what interrupt moderation relies on) is False while a refill stopped for
+    lack of room or batch size with frames left, True once the savefile had nothing more."""
+    frame = P.ethernet(P.ipv4(P.udp(b"x" * 32, 9, PORT, SRC, DST), SRC, DST))
+    total = 50
+    path = P.write_pcap(str(tmp_path / "many.pcap"), [frame] * total, snaplen=256)
+    fns, handle = open_offline(path)
+    try:
+        snaplen = fns.pcap_snapshot(handle)
+        if which == "next_ex":
+            reader = _capture.NextExReader(fns, handle, snaplen, max_batch=20)
+        else:
+            reader = _capture.DumpBatchReader(fns, _platform._load_libc(), handle, snaplen,
+                                              size=20 * (16 + snaplen))
+        try:
+            counts, flags = [], []
+            while True:
+                count = reader.refill()
+                counts.append(count)
+                flags.append(reader.exhausted)
+                if not count:
+                    break
+                pos = reader.start
+                for _ in range(count):
+                    pos += 16 + struct.unpack_from("=I", reader.view, pos + 8)[0]
+                reader.consumed(pos)
+        finally:
+            reader.close()
+    finally:
+        fns.pcap_close(handle)
+    assert sum(counts) == total
+    assert counts[:2] == [20, 20] and flags[:2] == [False, False]
+    assert flags[-1] is True and counts[-1] == 0
+    assert all(flag for count, flag in zip(counts, flags) if count < 20)
