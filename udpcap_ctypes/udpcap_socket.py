@@ -342,13 +342,7 @@ class UdpcapSocket:
                     if delay > 0:
                         time.sleep(delay)
                     self._stats.coalesced_waits += 1
-                    with io_lock:
-                        if self._closed:
-                            raise SocketClosedError()
-                        result = poll(target, nbytes)
-                    if result is not None:
-                        return result
-                if deadline is None:
+                elif deadline is None:
                     wait(None)
                 else:
                     remaining = deadline - time.monotonic()
