@@ -340,6 +340,32 @@ def test_recv_stats_lines_show_udpcap_counters():
 
 
 @pytest.mark.live
+@pytest.mark.parametrize("coalesce,engaged", [("0", False), ("0.001", True)])
+def test_recv_coalesce_reaches_the_socket(coalesce, engaged):
+    """--coalesce sets UdpcapSocket's moderation: a burst makes pauses only when it is on."""
+    require_udpcap_socket()
+    port = free_port()
+    proc = start_recv(["--bind", "127.0.0.1:%d" % port, "--count", "200", "--timeout", "10",
+                       "--coalesce", coalesce, "--json"])
+    run_send(["127.0.0.1:%d" % port, "--count", "200", "--size", "64"])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["received"] == 200
+    assert (got["counters"]["coalesced_waits"] > 0) is engaged, got["counters"]
+
+
+def test_recv_rejects_a_coalesce_out_of_range():
+    require_udpcap_socket()
+    done = subprocess.run(tool("recv.py") + ["--bind", "127.0.0.1:%d" % free_port(),
+                                             "--coalesce", "-1"], cwd="/",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=30)
+    assert done.returncode == 2
+    assert "coalesce must be between 0 and" in done.stderr
+
+
+@pytest.mark.live
 def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
     require_udpcap_socket()
     receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", bench.BASELINE]

@@ -230,7 +230,7 @@ def main(argv=None):
         print("recv.py: %s. Fix: run from a checkout of udpcap_ctypes, or use --socket" % exc,
               file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print("recv.py: cannot open the %s receiver on %s: %s" % (kind, args.bind, exc),
               file=sys.stderr)
         return 2
