@@ -240,7 +240,14 @@ def _interface_ioctl(name, request):
 
 
 class PollWaiter:
-    """Waits on the selectable fds of POSIX captures plus a wake pipe (``select.poll``)."""
+    """Waits on the selectable fds of POSIX captures plus a wake pipe (``select.poll``).
+
+    Why not let libpcap wait (a blocking ``pcap_dispatch``)?  It would save a native call per
+    wake-up, but in libpcap 1.10 a blocking read on Linux returns only for a packet, an error
+    or ``pcap_breakloop``: it polls again after its timeout and after EINTR, so receive
+    timeouts and Ctrl-C would need a helper thread, and a break checked after a packet can
+    return ``PCAP_ERROR_BREAK`` for frames already handed to the callback.
+    """
 
     FALLBACK_SLICE = 0.01     # for devices without a selectable fd
 
