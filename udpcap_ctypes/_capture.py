@@ -221,6 +221,8 @@ class BatchReader:
     def frames(self):
         """``[(start, end)]`` of every frame of one refill (tests and tools)."""
         count = self.refill()
+        if not count:
+            return []           # no batch: nothing to report consumed (start is stale)
         out = []
         pos = self.start
         for _ in range(count):
