@@ -9,6 +9,7 @@ a loadable libpcap and working ``ip netns``.  Outside CI such a test is skipped 
 a failure carrying the skip reason, so a CI run can never pass by silently skipping.
 """
 
+import contextlib
 import os
 import socket
 import sys
@@ -136,3 +137,11 @@ def udp_port_free_on_loopback():
 def free_udp_port():
     """A UDP port that was free on 127.0.0.1 a moment ago."""
     return udp_port_free_on_loopback()
+
+
+@pytest.fixture
+def stack():
+    """An ExitStack for what a test opens (sockets): closed at teardown, before the namespace
+    fixtures delete their namespaces."""
+    with contextlib.ExitStack() as exits:
+        yield exits

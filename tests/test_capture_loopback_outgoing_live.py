@@ -31,12 +31,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 COUNT = 40
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _ring_frames(capture):
     """Frames the kernel put into the capture's ring (``ps_recv``)."""
     stat = _structs.pcap_stat()
@@ -53,20 +47,16 @@ def _send(port, count, tag=b"d"):
 
 def _read_payloads(capture, port):
     """Every frame libpcap hands out, as UDP payloads (Ethernet framing on lo)."""
-    reader = capture.reader
+    view = capture.reader.view
     payloads = []
     while True:
-        found = reader.refill()
-        if not found:
+        frames = capture.reader.frames()
+        if not frames:
             return payloads
-        pos = reader.start
-        for _ in range(found):
-            caplen = int.from_bytes(reader.view[pos + 8:pos + 12], sys.byteorder)
-            frame = bytes(reader.view[pos + 16:pos + 16 + caplen])
+        for start, end in frames:
+            frame = bytes(view[start:end])
             assert int.from_bytes(frame[36:38], "big") == port
             payloads.append(frame[42:])
-            pos += 16 + caplen
-        reader.consumed(pos)
 
 
 def _open_lo(port):
@@ -79,8 +69,8 @@ def _open_lo(port):
 
 
 @pytest.mark.parametrize("ignore", [True, False], ids=["ignore_outgoing", "control"])
-def test_loopback_ring_holds_each_datagram_once(ignore):
-    port = _free_port()
+def test_loopback_ring_holds_each_datagram_once(ignore, free_udp_port):
+    port = free_udp_port
     capture = _open_lo(port)
     try:
         if ignore:
@@ -93,10 +83,10 @@ def test_loopback_ring_holds_each_datagram_once(ignore):
         capture.close()
 
 
-def test_first_frame_after_a_filter_change_is_delivered():
+def test_first_frame_after_a_filter_change_is_delivered(free_udp_port):
     """libpcap filters the first frame after ``pcap_setfilter`` in userland.  A filter that
     only the kernel can evaluate (``inbound``) would lose it; ours must not."""
-    port = _free_port()
+    port = free_udp_port
     capture = _open_lo(port)
     try:
         assert _platform.ignore_outgoing(capture)
@@ -109,8 +99,8 @@ def test_first_frame_after_a_filter_change_is_delivered():
         capture.close()
 
 
-def test_bound_socket_loopback_capture_skips_outgoing_copies():
-    port = _free_port()
+def test_bound_socket_loopback_capture_skips_outgoing_copies(free_udp_port):
+    port = free_udp_port
     with UdpcapSocket() as sock:
         sock.bind(("127.0.0.1", port))
         sock.settimeout(2.0)

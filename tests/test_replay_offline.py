@@ -436,15 +436,11 @@ def test_readers_say_when_the_capture_is_exhausted(tmp_path, which):
         try:
             counts, flags = [], []
             while True:
-                count = reader.refill()
+                count = len(reader.frames())
                 counts.append(count)
                 flags.append(reader.exhausted)
                 if not count:
                     break
-                pos = reader.start
-                for _ in range(count):
-                    pos += 16 + struct.unpack_from("=I", reader.view, pos + 8)[0]
-                reader.consumed(pos)
         finally:
             reader.close()
     finally:

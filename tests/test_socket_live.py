@@ -25,29 +25,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from test_socket_support import (QUIET, Background, UdpcapSocket, assert_quiet,  # noqa: E402
-                                 fd_count, nslib, payload, receive, receive_payloads,
-                                 udp_socket)
+                                 fd_count, nslib, open_socket, payload, receive,
+                                 receive_payloads, udp_socket)
 from udpcap_ctypes import NotBoundError, SocketClosedError  # noqa: E402
 
 pytestmark = pytest.mark.live
 
 PORT = 15000
-
-
-@pytest.fixture
-def stack():
-    """Closes what the test registers (sockets), before the namespaces are deleted."""
-    with contextlib.ExitStack() as exits:
-        yield exits
-
-
-def open_socket(stack, address=None, **options):
-    """A UdpcapSocket (bound to *address* when given), closed at teardown."""
-    sock = UdpcapSocket(**options)
-    stack.callback(sock.close)
-    if address is not None:
-        sock.bind(address)
-    return sock
 
 
 def kernel_socket(stack, ns=None, **kwargs):

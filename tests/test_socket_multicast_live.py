@@ -13,7 +13,6 @@ order); a unicast "marker" from A after the datagrams under test proves that not
 delivered before it, without waiting for a timeout.
 """
 
-import contextlib
 import errno
 import os
 import socket
@@ -25,7 +24,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_socket_support import (Collector, UdpcapSocket, assert_quiet, nslib,  # noqa: E402
+from test_socket_support import (Collector, assert_quiet, nslib, open_socket,  # noqa: E402
                                  receive, receive_payloads, udp_socket)
 from udpcap_ctypes import SocketClosedError  # noqa: E402
 
@@ -33,20 +32,6 @@ pytestmark = pytest.mark.live
 
 PORT = 15100
 G1, G2, G3, G4 = "239.1.2.3", "239.1.2.4", "239.1.2.5", "239.1.2.6"
-
-
-@pytest.fixture
-def stack():
-    with contextlib.ExitStack() as exits:
-        yield exits
-
-
-def udpcap(stack, address=None, **options):
-    sock = UdpcapSocket(**options)
-    stack.callback(sock.close)
-    if address is not None:
-        sock.bind(address)
-    return sock
 
 
 def sender(stack, ns, address):
@@ -66,7 +51,7 @@ def test_membership_errors(netpair, stack):
     """Joining a non-multicast address, joining a group twice and leaving a group not joined
     are OSErrors -- before and after bind; a failed call changes nothing."""
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack)
+        sock = open_socket(stack)
         for bound in (False, True):
             if bound:
                 sock.bind(("0.0.0.0", PORT))
@@ -95,7 +80,7 @@ def test_join_and_leave_before_bind_take_effect_at_bind(netpair, stack):
     tx = sender(stack, netpair.a, netpair.addr_a)
     source = source_of(tx)
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack)
+        sock = open_socket(stack)
         sock.join_multicast_group(G1)
         sock.join_multicast_group(G2)
         sock.join_multicast_group(G3)
@@ -116,7 +101,7 @@ def test_setsockopt_membership_and_loopback(netpair, stack):
     source = source_of(tx)
     mreq = struct.pack("4s4s", socket.inet_aton(G1), socket.inet_aton("0.0.0.0"))
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack)
+        sock = open_socket(stack)
         assert sock.multicast_loopback is True
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         assert sock.multicast_loopback is False
@@ -144,7 +129,7 @@ def test_remote_multicast_delivered(netpair, stack):
     tx = sender(stack, netpair.a, netpair.addr_a)
     source = source_of(tx)
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack, ("0.0.0.0", PORT))
+        sock = open_socket(stack, ("0.0.0.0", PORT))
         sock.join_multicast_group(G1)
         sent = [b"remote-%d" % i for i in range(5)]
         for data in sent:
@@ -160,7 +145,7 @@ def test_fragmented_multicast_delivered(netpair, stack):
     tx = sender(stack, netpair.a, netpair.addr_a)
     data = os.urandom(20000)
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack, ("0.0.0.0", PORT))
+        sock = open_socket(stack, ("0.0.0.0", PORT))
         sock.join_multicast_group(G1)
         tx.sendto(data, (G1, PORT))
         assert receive(sock) == (data, source_of(tx))
@@ -176,7 +161,7 @@ def test_local_multicast_loopback_toggled_while_receiving(netpair, stack):
     tx_b = sender(stack, netpair.b, netpair.addr_b)
     a_source, b_source = source_of(tx_a), source_of(tx_b)
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack, ("0.0.0.0", PORT))
+        sock = open_socket(stack, ("0.0.0.0", PORT))
         sock.join_multicast_group(G1)
         assert sock.multicast_loopback is True
         collector = Collector(sock)
@@ -212,7 +197,7 @@ def test_multicast_loopback_off_before_bind(netpair, stack):
     tx_a = sender(stack, netpair.a, netpair.addr_a)
     tx_b = sender(stack, netpair.b, netpair.addr_b)
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack)
+        sock = open_socket(stack)
         sock.set_multicast_loopback(False)
         sock.bind(("0.0.0.0", PORT))
         sock.join_multicast_group(G1)
@@ -232,8 +217,8 @@ def test_two_groups_two_sockets(netpair, stack):
     tx = sender(stack, netpair.a, netpair.addr_a)
     source = source_of(tx)
     with nslib.in_namespace(netpair.b):
-        one = udpcap(stack, ("0.0.0.0", PORT))
-        two = udpcap(stack, ("0.0.0.0", PORT))
+        one = open_socket(stack, ("0.0.0.0", PORT))
+        two = open_socket(stack, ("0.0.0.0", PORT))
         one.join_multicast_group(G1)
         two.join_multicast_group(G2)
         for data, group in ((b"1a", G1), (b"2a", G2), (b"1b", G1), (b"2b", G2), (b"3", G3)):
@@ -252,7 +237,7 @@ def test_join_and_leave_while_receiving(netpair, stack):
     after the join the group arrives; after the leave nothing more from it."""
     tx = sender(stack, netpair.a, netpair.addr_a)
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack, ("0.0.0.0", PORT))
+        sock = open_socket(stack, ("0.0.0.0", PORT))
         sock.join_multicast_group(G1)
         collector = Collector(sock)
         try:
@@ -291,7 +276,7 @@ def test_memberships_are_held_in_the_kernel(netpair, stack):
         return {line.split()[1] for line in text.splitlines() if line.strip().startswith("inet ")}
 
     with nslib.in_namespace(netpair.b):
-        sock = udpcap(stack, ("0.0.0.0", PORT))
+        sock = open_socket(stack, ("0.0.0.0", PORT))
         assert G3 not in groups_on_veth()
         sock.join_multicast_group(G3)
         assert G3 in groups_on_veth()
@@ -309,7 +294,7 @@ def test_three_sockets_same_port_each_get_a_copy(netpair, stack):
     remote unicast, remote multicast and local unicast to 127.0.0.1."""
     tx = sender(stack, netpair.a, netpair.addr_a)
     with nslib.in_namespace(netpair.b):
-        socks = [udpcap(stack, ("0.0.0.0", PORT)) for _ in range(3)]
+        socks = [open_socket(stack, ("0.0.0.0", PORT)) for _ in range(3)]
         for sock in socks:
             sock.join_multicast_group(G1)
         local = udp_socket(bind=("127.0.0.1", 0))

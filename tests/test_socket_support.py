@@ -4,6 +4,7 @@ This module holds no tests.  Everything here runs against the real libpcap with 
 traffic inside namespaces the tests create (see tests/netns.py); nothing is mocked.
 
 * :func:`udp_socket` -- a plain kernel UDP socket created inside a namespace (it stays there).
+* :func:`open_socket` -- a UdpcapSocket closed by the test's ``stack`` fixture (conftest).
 * :func:`receive`, :func:`receive_payloads`, :func:`assert_quiet` -- bounded receives.
 * :class:`Background` -- run a callable in a thread, joined with a timeout (no test can hang).
 * :class:`Collector` -- a thread that keeps receiving from a socket into a queue, so that
@@ -55,6 +56,15 @@ def udp_socket(ns=None, bind=None, multicast_if=None, loop=None):
         except BaseException:
             sock.close()
             raise
+    return sock
+
+
+def open_socket(stack, address=None, **options):
+    """A UdpcapSocket (bound to *address* when given), closed when *stack* unwinds."""
+    sock = UdpcapSocket(**options)
+    stack.callback(sock.close)
+    if address is not None:
+        sock.bind(address)
     return sock
 
 
