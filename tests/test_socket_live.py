@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_socket_support import (QUIET, Background, UdpcapSocket, assert_quiet,  # noqa: E402
                                  fd_count, nslib, open_socket, payload, receive,
                                  receive_payloads, udp_socket)
-from udpcap_ctypes import NotBoundError, SocketClosedError  # noqa: E402
+from udpcap_ctypes import NotBoundError, SocketClosedError, _platform  # noqa: E402
 
 pytestmark = pytest.mark.live
 
@@ -345,6 +345,48 @@ def close_while_blocked(receive, timeout=None, devices=None):
     finally:
         sock.close()
     return job.error, job.finished - closed_at
+
+
+def test_close_wakes_every_blocked_receiver(netpair):
+    """Four threads blocked in receives on one socket, one per receive method: close() wakes
+    them all, each raises SocketClosedError within 100 ms, and close() returns only after all
+    of them have left the wait (it counts them in and out before releasing the waiter)."""
+    with nslib.in_namespace(netpair.b):
+        sock = UdpcapSocket()
+        try:
+            sock.bind(("0.0.0.0", PORT))
+            jobs = [Background(lambda m=method: RECEIVES[m](sock)) for method in sorted(RECEIVES)]
+            time.sleep(0.3)
+            assert all(job.thread.is_alive() for job in jobs), [(j.result, j.error) for j in jobs]
+            closed_at = time.monotonic()
+            sock.close()
+            close_returned = time.monotonic()
+            for job in jobs:
+                job.join(3.0)
+        finally:
+            sock.close()
+    assert len(jobs) == 4
+    for job in jobs:
+        assert isinstance(job.error, SocketClosedError), job.error
+        assert job.finished - closed_at < 0.1
+        assert job.finished <= close_returned
+
+
+def test_waiter_wake_is_permanent():
+    """After wake(), every wait returns at once, not only the first: a receiving thread that
+    reaches the wait after another thread was woken by close() must not block (the wait pipe
+    is never emptied)."""
+    waiter = _platform.PollWaiter([])
+    try:
+        assert waiter.wait(0.05) is False
+        waiter.wake()
+        for _ in range(3):
+            started = time.monotonic()
+            assert waiter.wait(5.0) is True
+            assert waiter.wait(None) is True
+            assert time.monotonic() - started < 1.0
+    finally:
+        waiter.close()
 
 
 def add_veth_devices(ns, count):

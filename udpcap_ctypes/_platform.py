@@ -255,37 +255,40 @@ class PollWaiter:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
-        self._poll = select.poll()
-        self._poll.register(self._read_fd, select.POLLIN)
+        self._fds = [self._read_fd]
         self._needs_slices = False
         for capture in captures:
             fd = capture.selectable_fd()
             if fd < 0:
                 self._needs_slices = True
             else:
-                self._poll.register(fd, select.POLLIN)
+                self._fds.append(fd)
+        self._poll = self._new_poll()
+
+    def _new_poll(self):
+        poll = select.poll()
+        for fd in self._fds:
+            poll.register(fd, select.POLLIN)
+        return poll
 
     def wait(self, timeout):
-        """Block until a capture may have frames, :meth:`wake` is called, or *timeout* seconds
+        """Block until a capture may have frames, :meth:`wake` was called, or *timeout* seconds
         pass (None: no limit).  Returns False only on timeout.  May return early (spuriously);
         callers re-check and loop to their own deadline."""
         if self._needs_slices:
             timeout = self.FALLBACK_SLICE if timeout is None else min(timeout,
                                                                       self.FALLBACK_SLICE)
-        if timeout is None:
-            events = self._poll.poll()
-        else:
-            events = self._poll.poll(max(0, int(timeout * 1000.0 + 0.999)))
-        if not events:
-            return False
-        if len(events) > 1 or events[0][0] == self._read_fd:
-            try:
-                os.read(self._read_fd, 4096)      # a wake(): empty the pipe
-            except OSError:
-                pass
-        return True
+        milliseconds = None if timeout is None else max(0, int(timeout * 1000.0 + 0.999))
+        try:
+            return bool(self._poll.poll(milliseconds))
+        except RuntimeError:
+            # Another thread is inside this poll object ("concurrent poll() invocation"):
+            # several threads may block in receives on one socket, so wait on a poll of its own.
+            return bool(self._new_poll().poll(milliseconds))
 
     def wake(self):
+        """Make the current and every later :meth:`wait` return at once (as Windows' manual-reset
+        wake event does).  Any thread; ``close()`` uses it, so the pipe is never emptied."""
         try:
             os.write(self._write_fd, b"x")
         except (BlockingIOError, OSError):

@@ -20,6 +20,7 @@ from .errors import NotBoundError, SocketClosedError
 
 log = logging.getLogger("udpcap_ctypes")
 
+_monotonic = time.monotonic
 MIN_RECEIVE_BUFFER = 65535
 _NOTHING_QUEUED = collections.deque()   # what an unbound socket "has queued": nothing
 _CLOSE_WAIT = 2.0       # how long close() waits for a woken receiver to leave its wait
@@ -105,9 +106,10 @@ class UdpcapSocket:
         self._platform = _platform.current(self._library)
         self._stats = Statistics()
         self._state_lock = threading.Lock()
-        self._receivers_left = threading.Condition(self._state_lock)
         self._receiver = None
-        self._receiving = 0
+        # One token per thread inside _wait_and_receive (deque append/pop are atomic), so that
+        # close() can wake them and wait for them to leave before releasing the waiter.
+        self._receiving = collections.deque()
         self._closed = False
         self._timeout = None
         self._buffer_size = DEFAULT_RECEIVE_BUFFER
@@ -320,16 +322,19 @@ class UdpcapSocket:
     def _wait_and_receive(self, receiver, target, nbytes):
         """Slow path: wait for frames, then read them.
 
-        The thread counts itself in ``_receiving`` while it may be inside the waiter, so that
+        The thread holds a token in ``_receiving`` while it may be inside the waiter, so that
         close() can wake it and wait for it to leave before releasing the waiter and captures.
+        The token goes in before ``_closed`` is read, and close() sets ``_closed`` before it
+        looks for tokens: either close() sees the token, or this thread sees ``_closed``.
+        This runs once per wake-up, so it is kept short: at low rates its cost is latency.
         """
         timeout = self._timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._state_lock:
+        deadline = None if timeout is None else _monotonic() + timeout
+        receiving = self._receiving
+        receiving.append(None)
+        try:
             if self._closed:
                 raise SocketClosedError()
-            self._receiving += 1
-        try:
             wait = receiver.waiter.wait      # close() leaves the waiter to us from here on
             poll = receiver.poll
             io_lock = receiver.io_lock
@@ -338,14 +343,14 @@ class UdpcapSocket:
                     # Frames arrive faster than wake-ups pay off: let some collect first.
                     delay = receiver.coalesce
                     if deadline is not None:
-                        delay = min(delay, deadline - time.monotonic())
+                        delay = min(delay, deadline - _monotonic())
                     if delay > 0:
                         time.sleep(delay)
                     self._stats.coalesced_waits += 1
                 elif deadline is None:
                     wait(None)
                 else:
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline - _monotonic()
                     if remaining <= 0:
                         raise socket.timeout("timed out")
                     wait(remaining)
@@ -356,10 +361,7 @@ class UdpcapSocket:
                 if result is not None:
                     return result
         finally:
-            with self._state_lock:
-                self._receiving -= 1
-                if self._closed:
-                    self._receivers_left.notify_all()
+            receiving.pop()
 
     # -- statistics and lifetime -------------------------------------------------------------
 
@@ -383,20 +385,23 @@ class UdpcapSocket:
 
         The blocked thread is woken at once and raises; this call then waits (briefly) for it
         to leave the wait before releasing the captures, so the waiter is never closed under it.
+        The wake-up is permanent, so a thread about to wait cannot miss it.
         """
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True
             receiver = self._receiver
-            if receiver is None:
-                return
+        if receiver is None:
+            return
+        if self._receiving:
+            receiver.waiter.wake()
+            deadline = _monotonic() + _CLOSE_WAIT
+            while self._receiving and _monotonic() < deadline:
+                time.sleep(0.001)
             if self._receiving:
-                receiver.waiter.wake()
-                if not self._receivers_left.wait_for(lambda: self._receiving == 0,
-                                                     timeout=_CLOSE_WAIT):
-                    log.warning("a receiving thread did not leave within %.1f s of close(); "
-                                "its captures are released anyway", _CLOSE_WAIT)
+                log.warning("a receiving thread did not leave within %.1f s of close(); "
+                            "its captures are released anyway", _CLOSE_WAIT)
         with receiver.io_lock:           # waits for a fast-path poll() to finish
             receiver.close()
 
