@@ -24,6 +24,7 @@ from ._reassembly import Reassembler
 log = logging.getLogger("udpcap_ctypes")
 
 _u16 = struct.Struct("!H")
+_monotonic = time.monotonic
 _ADDRESS_CACHE_LIMIT = 4096
 
 
@@ -76,7 +77,6 @@ class Receiver:
         self.port_guard = None
         self._addresses = {}            # (src << 16 | sport) -> ("a.b.c.d", sport)
         self.ready = collections.deque()  # (buffer, first, last, address) to hand out
-        self._rr = 0
         self.reassembler = Reassembler(stats, max_age=options.reassembly_timeout,
                                        wanted=self._wanted_first_fragment)
         self._verify_udp = options.verify_udp_checksum
@@ -235,7 +235,9 @@ class Receiver:
             last = first + nbytes
         if target is None:
             return (bytes(buf[first:last]), address)
-        target[:last - first] = buf[first:last]
+        # Through a memoryview: a bytearray's slice assignment would copy a memoryview source
+        # into a temporary bytearray first (an extra allocation and copy per datagram).
+        memoryview(target)[:last - first] = buf[first:last]
         return (last - first, address)
 
     def settle_stats(self):
@@ -252,69 +254,27 @@ class Receiver:
 
         A batch stays valid until the next refill of its capture, which happens only once
         :attr:`ready` is empty again.  The pure batch parser finds the UDP datagrams to our
-        port; this loop applies the delivery rules and queues what passes.
+        port; this loop applies the delivery rules and queues what passes.  It runs once per
+        wake-up, so it is written for few bytecodes: at low rates its cost is latency.
         """
-        captures = self.captures
-        count = len(captures)
         stats = self.stats
-        port = self.port
-        verify = self._verify_udp
-        ready = self.ready
-        append = ready.append
-        addresses = self._addresses
-        bound = self.bound_address
-        local = self.local_addresses
+        now = _monotonic()
         datagrams = []
-        now = time.monotonic()
-        for turn in range(count):
-            index = (self._rr + turn) % count
-            opened = captures[index]
-            view = opened.view
-            check_own = opened.check_own
+        captures = self.captures
+        for turn, opened in enumerate(captures):
             # Drain this capture until a batch yields something or it is empty: on Windows the
             # read event is not signalled again for frames libpcap already holds, so waiting
             # with frames left behind could sleep on data that has arrived.
             reader = opened.reader
-            while True:
-                found = reader.refill()
-                if not found:
-                    break
+            found = reader.refill()
+            while found:
                 stats.frames += found
-                reader.consumed(opened.parse_batch(view, reader.start, found, port, stats,
-                                                   verify, datagrams))
-                queued = len(ready)
-                queued_bytes = 0
-                for src, dst, sport, first, last, start, buf in datagrams:
-                    if src is None:
-                        # A fragment, in its place in the batch so that datagrams are queued
-                        # in the order they complete, as a socket would.
-                        completed = self._reassemble(dst, view, now)
-                        if completed is None:
-                            continue
-                        src, dst, sport, first, last, buf = completed
-                    # Delivery rules; the common case (incoming unicast) inline.
-                    if dst >> 28 == 0xE or (check_own and opened.is_own(view, start)):
-                        if not self._accepts_special(dst, opened, view, start):
-                            continue
-                    elif bound:
-                        if dst != bound:
-                            stats.not_for_us += 1
-                            continue
-                    elif dst not in local and dst >> 24 != 127:
-                        stats.not_for_us += 1
-                        continue
-                    key = (src << 16) | sport
-                    address = addresses.get(key)
-                    if address is None:
-                        address = self._address(key, src, sport)
-                    queued_bytes += last - first
-                    append((buf, first, last, address))
-                datagrams.clear()
-                queued = len(ready) - queued
-                if queued:
-                    stats.accepted += queued
-                    stats.accepted_bytes += queued_bytes
-                    self._rr = (index + 1) % count
+                view = opened.view
+                reader.consumed(opened.parse_batch(view, reader.start, found, self.port, stats,
+                                                   self._verify_udp, datagrams))
+                if datagrams and self._queue(opened, view, datagrams, now):
+                    if len(captures) > 1:       # the next fill starts with the next capture
+                        self.captures = captures[turn + 1:] + captures[:turn + 1]
                     if self.coalesce:
                         # Coalesce once the capture is empty, if frames come more than one
                         # per wake-up or closer together than two coalescing delays.
@@ -322,8 +282,52 @@ class Receiver:
                             found > 1 or now - self._last_fill < 2.0 * self.coalesce)
                         self._last_fill = now
                     return True
+                found = reader.refill()
         self.coalescing = False
         return False
+
+    def _queue(self, opened, view, datagrams, now):
+        """Apply the delivery rules to one parsed batch and queue what passes; True if any."""
+        stats = self.stats
+        ready = self.ready
+        append = ready.append
+        addresses = self._addresses
+        bound = self.bound_address
+        check_own = opened.check_own
+        queued = len(ready)
+        queued_bytes = 0
+        for src, dst, sport, first, last, start, buf in datagrams:
+            if src is None:
+                # A fragment, in its place in the batch so that datagrams are queued in the
+                # order they complete, as a socket would.
+                completed = self._reassemble(dst, view, now)
+                if completed is None:
+                    continue
+                src, dst, sport, first, last, buf = completed
+            # Delivery rules; the common case (incoming unicast) inline.
+            if dst >> 28 == 0xE or (check_own and opened.is_own(view, start)):
+                if not self._accepts_special(dst, opened, view, start):
+                    continue
+            elif bound:
+                if dst != bound:
+                    stats.not_for_us += 1
+                    continue
+            elif dst not in self.local_addresses and dst >> 24 != 127:
+                stats.not_for_us += 1
+                continue
+            key = (src << 16) | sport
+            address = addresses.get(key)
+            if address is None:
+                address = self._address(key, src, sport)
+            queued_bytes += last - first
+            append((buf, first, last, address))
+        datagrams.clear()
+        queued = len(ready) - queued
+        if not queued:
+            return False
+        stats.accepted += queued
+        stats.accepted_bytes += queued_bytes
+        return True
 
     def _reassemble(self, parsed, view, now):
         """Feed one fragment; ``(src, dst, sport, first, last, buffer)`` when it completes a

@@ -288,7 +288,7 @@ class UdpcapSocket:
                 if size > len(buffer):
                     self._stats.truncated_deliveries += 1
                     size = len(buffer)
-                buffer[:size] = buf[first:first + size]
+                memoryview(buffer)[:size] = buf[first:first + size]   # see Receiver.poll
                 return (size, address)
         if nbytes == 0 and type(buffer) is bytearray:
             return self._receive(buffer, len(buffer))
