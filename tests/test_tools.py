@@ -24,6 +24,7 @@ if TOOLS not in sys.path:
 
 import _common  # noqa: E402  (tools/_common.py)
 import bench  # noqa: E402
+import bench_replay  # noqa: E402
 import send  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def run_send(args, timeout=60):
 
 # --------------------------------------------------------------------------- --help
 
-@pytest.mark.parametrize("script", ["send.py", "recv.py", "bench.py"])
+@pytest.mark.parametrize("script", ["send.py", "recv.py", "bench.py", "bench_replay.py"])
 def test_help_exits_zero_from_any_directory(script):
     done = subprocess.run(tool(script) + ["--help"], cwd="/", stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
@@ -414,3 +415,46 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
         assert stream[(bench.BASELINE, size)]["cpu_ratio"] == 1.0
         assert stream[(bench.BASELINE, size)]["drops"] == 0
     assert time.monotonic() - started < 240
+
+
+# --------------------------------------------------------------------------- bench_replay.py
+
+def test_bench_replay_json_covers_every_receiver_and_size():
+    """Offline (a savefile, no device): every datagram of the file is delivered by each
+    receiver (the tool exits non-zero otherwise), with a CPU figure and the ratio to
+    UdpcapSocket.recvfrom_into."""
+    require_udpcap_socket()
+    receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom"]
+    done = subprocess.run(tool("bench_replay.py") + ["--count", "300", "--repeat", "2", "--json",
+                                                     "--receivers", ",".join(receivers)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    rows = {(r["receiver"], r["size"]): r for r in report["rows"]}
+    assert set(rows) == {(name, size) for name in receivers for size in (32, 1400)}
+    for row in rows.values():
+        assert row["datagrams"] == 300 and len(row["samples"]) == 2
+        assert row["cpu_us_per_datagram"] > 0 and row["ratio"] > 0
+    assert all(rows[(receivers[0], size)]["ratio"] == 1.0 for size in (32, 1400))
+
+
+def test_bench_replay_delivers_exactly_the_datagrams_for_its_port(tmp_path):
+    """The replayed socket applies the real delivery rules: of a savefile with datagrams for
+    the bench's port and for another port, it delivers the former, in order, and no more."""
+    require_udpcap_socket()
+    path = str(tmp_path / "mixed.pcap")
+    with _common.PcapWriter(path, ethernet=True) as writer:
+        for seq in range(5):
+            port = bench_replay.PORT if seq % 2 == 0 else bench_replay.PORT + 1
+            writer.write(b"datagram %d" % seq, bench_replay.SOURCE, ("127.0.0.1", port))
+    sock = bench_replay.open_offline_socket(path)
+    try:
+        got = []
+        with pytest.raises(BlockingIOError):
+            while True:
+                got.append(sock.recvfrom(100))
+    finally:
+        sock.close()
+    assert got == [(b"datagram %d" % seq, bench_replay.SOURCE) for seq in (0, 2, 4)]
+    assert bench_replay.replay_udpcap(path, "recvfrom_into")[0] == 3

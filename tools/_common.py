@@ -304,6 +304,9 @@ def is_timeout(exc):
 
 PCAP_MAGIC_USEC = 0xA1B2C3D4
 LINKTYPE_RAW = 101          # raw IPv4/IPv6, first nibble tells the version
+LINKTYPE_ETHERNET = 1
+# What a Linux loopback capture shows before each IPv4 packet: zero MACs, ethertype IPv4.
+LOOPBACK_ETHERNET_HEADER = bytes(12) + b"\x08\x00"
 PCAP_SNAPLEN = 65535
 
 _PCAP_GLOBAL = struct.Struct("<IHHiIII")
@@ -340,18 +343,20 @@ class PcapWriter:
 
     Each received datagram is stored as the IPv4/UDP packet that carried it, with synthesized
     headers (no options, DF clear, UDP checksum 0), so Wireshark and tcpdump show source,
-    destination, ports and payload.
+    destination, ports and payload.  ``ethernet=True`` writes LINKTYPE_ETHERNET frames as a
+    Linux loopback capture has them instead (tools/bench_replay.py replays those).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, ethernet=False):
         self._file = open(path, "wb")
         self._ident = 0
+        self._link_header = LOOPBACK_ETHERNET_HEADER if ethernet else b""
         self.records = 0
         self._file.write(_PCAP_GLOBAL.pack(PCAP_MAGIC_USEC, 2, 4, 0, 0, PCAP_SNAPLEN,
-                                           LINKTYPE_RAW))
+                                           LINKTYPE_ETHERNET if ethernet else LINKTYPE_RAW))
 
     def write(self, payload, src, dst, timestamp=None):
-        packet = synthesize_ipv4_udp(payload, src, dst, self._ident)
+        packet = self._link_header + synthesize_ipv4_udp(payload, src, dst, self._ident)
         self._ident += 1
         if timestamp is None:
             timestamp = time.time()
