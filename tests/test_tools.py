@@ -148,6 +148,29 @@ def test_summary_table_and_svg_from_runs():
     rects = list(root.iter("{http://www.w3.org/2000/svg}rect"))[1:]     # [0] is the background
     widths = [float(r.get("width")) for r in rects]
     assert widths == [210.0, 420.0]    # bars proportional to the rates 50 and 100
+    assert udpcap["latency_p99_ratio"] is None      # runs without a repeat index: no pairs
+
+
+def test_latency_p99_ratio_pairs_runs_of_the_same_repeat():
+    """p99 x is the median of per-repeat ratios, each against the baseline's run of the same
+    repeat: a machine that got slower between repeats does not show as a receiver being slower,
+    and a repeat that failed for one side is left out."""
+    def latency(*p99s):
+        return [{"p50_us": 1.0, "p99_us": v, "drops": 0, "repeat": k}
+                for k, v in enumerate(p99s) if v is not None]
+
+    def receiver(p99s):
+        return {"idle": {}, "sizes": {"32": {
+            "path": "loopback", "count": 1, "latency": latency(*p99s),
+            "drain": [{"rate": 1.0, "cpu_us": 1.0, "drops": 0, "duplicates": 0}]}}}
+    runs = {bench.BASELINE: receiver([80.0, 200.0, 90.0, 100.0]),
+            "UdpcapSocket.recvfrom_into": receiver([88.0, 230.0, 99.0, None])}
+    rows = {r["receiver"]: r for r in bench.summarize(runs)}
+    udpcap = rows["UdpcapSocket.recvfrom_into"]
+    assert udpcap["latency_p99_ratio"] == 1.1                   # 1.1, 1.15, 1.1
+    assert udpcap["latency_p99_us"] == 99.0                     # the plain median of 88, 230, 99
+    assert rows[bench.BASELINE]["latency_p99_ratio"] == 1.0
+    assert "1.10" in bench.table(list(rows.values()))
 
 
 def test_stream_summary_and_table_from_runs():
@@ -366,29 +389,38 @@ def test_recv_rejects_a_coalesce_out_of_range():
     assert "coalesce must be between 0 and" in done.stderr
 
 
+def run_bench_json(script, args, receivers, timeout):
+    """Run a bench tool with --json for *receivers*; ``(report, {(receiver, size): row})``
+    after checking that there is a row for each receiver at 32 and 1400 bytes."""
+    done = subprocess.run(tool(script) + args + ["--json", "--receivers", ",".join(receivers)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    rows = {(r["receiver"], r["size"]): r for r in report["rows"]}
+    assert set(rows) == {(name, size) for name in receivers for size in (32, 1400)}
+    return report, rows
+
+
 @pytest.mark.live
 def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
     require_udpcap_socket()
     receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", bench.BASELINE]
     started = time.monotonic()
-    done = subprocess.run(tool("bench.py") + ["--quick", "--json", "--port", str(free_port()),
-                                              "--receivers", ",".join(receivers)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    rows = {(r["receiver"], r["size"]): r for r in report["rows"]}
-    assert set(rows) == {(name, size) for name in receivers for size in (32, 1400)}
+    report, rows = run_bench_json("bench.py", ["--quick", "--port", str(free_port())],
+                                  receivers, timeout=300)
     for (name, size), row in rows.items():
         assert not row["errors"], (name, size, row["errors"])
         assert row["drain_rate"] > 0 and row["cpu_us_per_datagram"] > 0, row
         assert row["latency_p50_us"] > 0 and row["latency_p99_us"] >= row["latency_p50_us"]
         assert row["idle_cpu_pct"] is not None and row["idle_cpu_pct"] < 50, row
         assert row["rate_ratio"] > 0 and row["cpu_ratio"] > 0
+        assert row["latency_p99_ratio"] > 0
         assert row["latency_drops"] == 0, row
     for size in (32, 1400):
         base = rows[(bench.BASELINE, size)]
         assert base["rate_ratio"] == 1.0 and base["drops"] == 0
+        assert base["latency_p99_ratio"] == 1.0
     # stream: every receiver read a paced stream (--quick: fixed rate, 0.5 s) while it arrived
     stream = {(r["receiver"], r["size"]): r for r in report["stream_rows"]}
     assert set(stream) == set(rows)
@@ -425,14 +457,8 @@ def test_bench_replay_json_covers_every_receiver_and_size():
     UdpcapSocket.recvfrom_into."""
     require_udpcap_socket()
     receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom"]
-    done = subprocess.run(tool("bench_replay.py") + ["--count", "300", "--repeat", "2", "--json",
-                                                     "--receivers", ",".join(receivers)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    rows = {(r["receiver"], r["size"]): r for r in report["rows"]}
-    assert set(rows) == {(name, size) for name in receivers for size in (32, 1400)}
+    _report, rows = run_bench_json("bench_replay.py", ["--count", "300", "--repeat", "2"],
+                                   receivers, timeout=120)
     for row in rows.values():
         assert row["datagrams"] == 300 and len(row["samples"]) == 2
         assert row["cpu_us_per_datagram"] > 0 and row["ratio"] > 0

@@ -11,7 +11,9 @@ One run sends the same traffic to every receiver and prints a table side by side
 * latency -- 1000 datagrams/s for 2 s: one-way latency p50/p99 from the CLOCK_MONOTONIC send
   time in each datagram (sender and receiver on this host);
 * idle CPU -- a receiver blocked in recvfrom with a 1 s timeout for 2 s: CPU %;
-* ratios to the socket.recvfrom_into baseline (rate and CPU per datagram);
+* ratios to the socket.recvfrom_into baseline (rate and CPU per datagram; p99 latency as the
+  median over the repeats of the ratio to the baseline's run of the same repeat -- the
+  receivers take turns within each repeat, so load that drifts over minutes cancels);
 * stream -- the speed target is defined on streaming traffic, which the drain phase cannot
   show for UdpcapSocket in its default immediate mode on loopback (its ring holds only ~1,000
   datagrams there, see README "Buffer sizes and latency"), so: the receiver starts first and
@@ -681,9 +683,12 @@ class Bench:
                                         "seconds": self.args.idle_seconds})
         return self.finish_worker(proc, timeout=self.args.idle_seconds + 30)
 
-    def attempt(self, record, key, func, *args):
+    def attempt(self, record, key, func, *args, repeat=None):
         try:
-            record.setdefault(key, []).append(func(*args))
+            result = func(*args)
+            if repeat is not None:
+                result["repeat"] = repeat        # pairs it with the baseline's run (summarize)
+            record.setdefault(key, []).append(result)
         except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
             record.setdefault("errors", []).append("%s: %s" % (key, exc))
             self.log("    %s failed: %s" % (key, exc))
@@ -726,24 +731,26 @@ class Bench:
         try:
             if pair is not None:
                 cases.append((pair.__enter__(), FRAGMENTED_SIZE))
-            for receiver in receivers:
-                rec = runs.setdefault(receiver, {"idle": {}, "sizes": {}})
-                for rep in range(self.args.repeat):
+            # The receivers take turns within each repeat, as in the stream phase, so that a
+            # change in the machine's load between minutes hits every receiver alike.
+            for rep in range(self.args.repeat):
+                for receiver in receivers:
+                    rec = runs.setdefault(receiver, {"idle": {}, "sizes": {}})
                     self.log("%s: idle CPU (%d/%d)" % (receiver, rep + 1, self.args.repeat))
                     self.attempt(rec["idle"], "idle", self.idle, LOOPBACK_PATH, receiver)
-                for path, size in cases:
-                    if size > 1472 and receiver in OPTIONAL:
-                        continue                  # no IPv4 reassembly in these: not comparable
-                    count = self.args.count if size <= 1472 else self.args.frag_count
-                    count = min(count, SLOW_RECEIVER_CAP.get(receiver, count))
-                    cell = rec["sizes"].setdefault(str(size), {"path": path.name,
-                                                               "count": count})
-                    for rep in range(self.args.repeat):
+                    for path, size in cases:
+                        if size > 1472 and receiver in OPTIONAL:
+                            continue              # no IPv4 reassembly in these: not comparable
+                        count = self.args.count if size <= 1472 else self.args.frag_count
+                        count = min(count, SLOW_RECEIVER_CAP.get(receiver, count))
+                        cell = rec["sizes"].setdefault(str(size), {"path": path.name,
+                                                                   "count": count})
                         self.log("%s: %d B over %s, drain %d then latency (%d/%d)"
                                  % (receiver, size, path.name, count, rep + 1,
                                     self.args.repeat))
                         self.attempt(cell, "drain", self.drain, path, receiver, size, count)
-                        self.attempt(cell, "latency", self.latency, path, receiver, size)
+                        self.attempt(cell, "latency", self.latency, path, receiver, size,
+                                     repeat=rep)
             if self.args.stream:
                 self.stream_phase(runs, receivers, cases)
         finally:
@@ -785,9 +792,23 @@ def summarize(runs):
         b = base.get(row["size"])
         row["rate_ratio"] = _ratio(row["drain_rate"], b and b["drain_rate"])
         row["cpu_ratio"] = _ratio(row["cpu_us_per_datagram"], b and b["cpu_us_per_datagram"])
+        row["latency_p99_ratio"] = _paired_ratio(runs, row["receiver"], row["size"], "p99_us")
     order = {name: i for i, name in enumerate(RECEIVERS)}
     rows.sort(key=lambda r: (r["size"], order.get(r["receiver"], 99)))
     return rows
+
+
+def _paired_ratio(runs, receiver, size, field):
+    """Median over the repeats of latency *field* divided by the baseline's in the same repeat.
+
+    Runs of one repeat are minutes apart at most, runs of different repeats can be far apart:
+    on a shared machine the pairing takes the drift out of the ratio.
+    """
+    def by_repeat(name):
+        cell = runs.get(name, {}).get("sizes", {}).get(str(size), {})
+        return {r["repeat"]: r[field] for r in cell.get("latency", []) if "repeat" in r}
+    mine, base = by_repeat(receiver), by_repeat(BASELINE)
+    return _common.median(mine[k] / base[k] for k in mine if base.get(k))
 
 
 def summarize_stream(runs, info):
@@ -831,14 +852,14 @@ def _fmt(value, spec):
 
 def table(rows):
     head = ("size B", "receiver", "drain dgram/s", "CPU us/dgram", "drops", "lat p50 us",
-            "lat p99 us", "idle CPU %", "rate x", "CPU x")
+            "lat p99 us", "idle CPU %", "rate x", "CPU x", "p99 x")
     lines = []
     for r in rows:
         lines.append((str(r["size"]), r["receiver"], _fmt(r["drain_rate"], ",.0f"),
                       _fmt(r["cpu_us_per_datagram"], ".2f"), _fmt(r["drops"], ".0f"),
                       _fmt(r["latency_p50_us"], ".0f"), _fmt(r["latency_p99_us"], ".0f"),
                       _fmt(r["idle_cpu_pct"], ".2f"), _fmt(r["rate_ratio"], ".2f"),
-                      _fmt(r["cpu_ratio"], ".2f")))
+                      _fmt(r["cpu_ratio"], ".2f"), _fmt(r["latency_p99_ratio"], ".2f")))
     out = _columns(head, lines)
     for r in rows:
         for err in r["errors"]:
