@@ -239,6 +239,36 @@ def test_misaligned_or_empty_non_final_fragment(size):
     assert f.gauges() == (0, 0)
 
 
+@pytest.mark.parametrize("size", [1476, 1, 7, 0])
+def test_misaligned_or_empty_fragment_in_order_drops_the_datagram(size):
+    """The same rule for a fragment that continues the held data in order (the short path
+    of add()): dropped, counted, the datagram let go."""
+    data = make_datagram(4000)
+    f = Feeder()
+    f.add(0, True, data[:1480])
+    assert f.add(1480, True, data[1480:1480 + size]) is None
+    assert f.stats.malformed["fragment_alignment"] == 1
+    assert f.gauges() == (0, 0)
+    assert f.add(2960, False, data[2960:]) is None      # the rest cannot complete it
+    assert f.stats.reassembled == 0
+
+
+def test_in_order_fragment_after_max_age_starts_over():
+    """A datagram older than max_age is not continued by an in-order fragment, even between
+    two sweeps (every max_age/4): it is dropped as timed out and the fragment starts anew."""
+    data = make_datagram(5000)
+    frags = fragment(data)
+    f = Feeder(max_age=1.0)
+    f.add(*frags[0], now=0.0)
+    f.add(*frags[1], now=0.9)            # sweeps (0.9 >= 0.25): still young
+    assert f.gauges() == (1, cost(1480, 1480))
+    assert f.add(*frags[2], now=1.05) is None   # 0.15 s after the sweep, 1.05 s old
+    assert f.stats.reassembly_timeouts == 1
+    assert f.gauges() == (1, cost(1480))
+    assert f.add(*frags[3], now=1.1) is None
+    assert f.stats.reassembled == 0
+
+
 @pytest.mark.parametrize("offset,size,mf", [(65528, 8, True), (64040, 1476, False),
                                             (65504, 16, True), (65528, 0, False)])
 def test_beyond_65515(offset, size, mf):
