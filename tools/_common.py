@@ -356,8 +356,13 @@ class PcapWriter:
                                            LINKTYPE_ETHERNET if ethernet else LINKTYPE_RAW))
 
     def write(self, payload, src, dst, timestamp=None):
-        packet = self._link_header + synthesize_ipv4_udp(payload, src, dst, self._ident)
+        packet = synthesize_ipv4_udp(payload, src, dst, self._ident)
         self._ident += 1
+        self.write_packet(packet, timestamp)
+
+    def write_packet(self, packet, timestamp=None):
+        """One record of an IPv4 *packet* as it is (a fragment, say)."""
+        packet = self._link_header + packet
         if timestamp is None:
             timestamp = time.time()
         sec = int(timestamp)

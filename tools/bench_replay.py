@@ -11,6 +11,9 @@ file:
 * ``pypcap+dpkt`` when both are installed: ``pcap.pcap(savefile).dispatch`` and dpkt, as the
   live pypcap receiver of ``tools/bench.py`` parses.
 
+``--mtu 1500`` fragments every datagram that does not fit as a 1500-byte link would (in order,
+1480-byte pieces), to measure reassembly; pypcap+dpkt does not reassemble and sits those out.
+
 It prints the median process CPU time per datagram and the ratio to
 ``UdpcapSocket.recvfrom_into``.  ``tools/bench.py`` measures the live figures, which add what
 replay leaves out: waiting, wake-ups and the capture ring.  On a noisy machine the replay
@@ -27,6 +30,7 @@ import json
 import os
 import shutil
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -42,12 +46,36 @@ RECEIVERS = ("UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", "pypcap+dpkt
 BASELINE = RECEIVERS[0]
 
 
-def write_savefile(path, count, size):
+def write_savefile(path, count, size, mtu=None):
+    """*count* datagrams of *size* bytes; fragmented to fit *mtu* when given; frames written."""
     payload = _common.make_payload(size)
+    frames = 0
     with _common.PcapWriter(path, ethernet=True) as writer:
         for seq in range(count):
             _common.stamp(payload, seq)
-            writer.write(payload, SOURCE, DESTINATION, timestamp=0.0)
+            packet = _common.synthesize_ipv4_udp(payload, SOURCE, DESTINATION, ident=seq)
+            for piece in _fragments(packet, mtu):
+                writer.write_packet(piece, timestamp=0.0)
+                frames += 1
+    return frames
+
+
+def _fragments(packet, mtu):
+    """*packet* (IPv4, 20-byte header) as the fragments a link of *mtu* bytes carries."""
+    if mtu is None or len(packet) <= mtu:
+        return [packet]
+    header, body = bytearray(packet[:20]), packet[20:]
+    step = (mtu - 20) // 8 * 8
+    pieces = []
+    for offset in range(0, len(body), step):
+        chunk = body[offset:offset + step]
+        more = offset + step < len(body)
+        struct.pack_into("!H", header, 2, 20 + len(chunk))                      # total length
+        struct.pack_into("!H", header, 6, (0x2000 if more else 0) | offset >> 3)  # MF, offset
+        struct.pack_into("!H", header, 10, 0)
+        struct.pack_into("!H", header, 10, _common.ipv4_checksum(bytes(header)))
+        pieces.append(bytes(header) + chunk)
+    return pieces
 
 
 class _OfflineCapture:
@@ -149,12 +177,14 @@ def available(name):
     return True
 
 
-def run(sizes, count, repeat, receivers, workdir):
+def run(sizes, count, repeat, receivers, workdir, mtu=None):
     rows = []
     for size in sizes:
         path = os.path.join(workdir, "replay_%d.pcap" % size)
-        write_savefile(path, count, size)
+        frames = write_savefile(path, count, size, mtu)
         for name in receivers:
+            if frames != count and name == "pypcap+dpkt":
+                continue                        # fragments: dpkt does not reassemble
             samples = []
             for _ in range(repeat):
                 if name == "pypcap+dpkt":
@@ -166,7 +196,7 @@ def run(sizes, count, repeat, receivers, workdir):
                                      % (name, received, count, path))
                 samples.append(seconds * 1e6 / count)
             rows.append({"size": size, "receiver": name, "datagrams": count,
-                         "cpu_us_per_datagram": statistics.median(samples),
+                         "frames": frames, "cpu_us_per_datagram": statistics.median(samples),
                          "samples": samples})
     for row in rows:
         base = [r for r in rows if r["size"] == row["size"] and r["receiver"] == BASELINE]
@@ -177,11 +207,13 @@ def run(sizes, count, repeat, receivers, workdir):
 
 def print_table(rows, repeat):
     print("replay of a savefile, CPU per datagram (median of %d)" % repeat)
-    print("%6s  %-28s %12s  %s" % ("size B", "receiver", "CPU us/dgram", "x " + BASELINE))
+    print("%6s  %-28s %12s %12s  %s" % ("size B", "receiver", "frames/dgram", "CPU us/dgram",
+                                        "x " + BASELINE))
     for row in rows:
         ratio = "%.2f" % row["ratio"] if row["ratio"] is not None else "-"
-        print("%6d  %-28s %12.2f  %s" % (row["size"], row["receiver"],
-                                         row["cpu_us_per_datagram"], ratio))
+        print("%6d  %-28s %12.1f %12.2f  %s" % (row["size"], row["receiver"],
+                                               row["frames"] / row["datagrams"],
+                                               row["cpu_us_per_datagram"], ratio))
 
 
 def main(argv=None):
@@ -192,6 +224,9 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5, help="passes per figure, median")
     parser.add_argument("--receivers", default=",".join(RECEIVERS),
                         help="comma-separated subset of: %s" % ", ".join(RECEIVERS))
+    parser.add_argument("--mtu", type=int, default=None,
+                        help="fragment datagrams that do not fit a link of this MTU "
+                             "(e.g. 1500); default: no fragments")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -200,6 +235,8 @@ def main(argv=None):
             parser.error("sizes must be between %d and 65000 bytes" % _common.HEADER_SIZE)
     if args.count < 1 or args.repeat < 1:
         parser.error("--count and --repeat must be at least 1")
+    if args.mtu is not None and not 576 <= args.mtu <= 65535:
+        parser.error("--mtu must be between 576 and 65535")
     receivers = [r for r in args.receivers.split(",") if r]
     unknown = [r for r in receivers if r not in RECEIVERS]
     if unknown:
@@ -209,12 +246,12 @@ def main(argv=None):
     receivers = [r for r in receivers if r not in skipped]
     workdir = tempfile.mkdtemp(prefix="udpcap-replay-")
     try:
-        rows = run(sizes, args.count, args.repeat, receivers, workdir)
+        rows = run(sizes, args.count, args.repeat, receivers, workdir, args.mtu)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         json.dump({"rows": rows, "skipped": skipped, "count": args.count,
-                   "repeat": args.repeat}, sys.stdout, indent=1)
+                   "repeat": args.repeat, "mtu": args.mtu}, sys.stdout, indent=1)
         print()
     else:
         print_table(rows, args.repeat)
