@@ -293,6 +293,7 @@ class Receiver:
         append = ready.append
         addresses = self._addresses
         bound = self.bound_address
+        local = self.local_addresses
         check_own = opened.check_own
         queued = len(ready)
         queued_bytes = 0
@@ -312,7 +313,7 @@ class Receiver:
                 if dst != bound:
                     stats.not_for_us += 1
                     continue
-            elif dst not in self.local_addresses and dst >> 24 != 127:
+            elif dst not in local and dst >> 24 != 127:
                 stats.not_for_us += 1
                 continue
             key = (src << 16) | sport
