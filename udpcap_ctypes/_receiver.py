@@ -216,18 +216,17 @@ class Receiver:
     def _wanted_first_fragment(self, udp_header):
         return _u16.unpack_from(udp_header, 2)[0] == self.port
 
-    def poll(self, target, nbytes, fill=True):
+    def poll(self, target, nbytes):
         """Hand out the next deliverable datagram.  Caller holds ``io_lock``.
 
         Returns ``(payload_or_count, address)`` or None.  With a *target* (a ``bytearray`` or
         a writable byte ``memoryview``) the payload is copied into it, at most *nbytes*;
         otherwise a new ``bytes`` of at most *nbytes* is returned.  Datagrams come from
-        :attr:`ready`; when it is empty and *fill* is true, the captures are read
-        (:meth:`_fill`).  ``stats.delivered`` is settled from the queue length (see
+        :attr:`ready`; when it is empty, the captures are read (:meth:`_fill`).  ``stats.delivered`` is settled from the queue length (see
         :meth:`settle_stats`), so handing out costs no counter update.
         """
         ready = self.ready
-        if not ready and not (fill and self._fill()):
+        if not ready and not self._fill():
             return None
         buf, first, last, address = ready.popleft()
         if last - first > nbytes:
