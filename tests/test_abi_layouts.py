@@ -163,19 +163,23 @@ def test_calculator_matches_ctypes_on_host_linux64():
     assert _structs.pcap_if.flags.offset == layouts["pcap_if"].offsets["flags"]
 
 
-@pytest.mark.parametrize("abi,long_type,ptr_type", [
-    ("win64", ctypes.c_int32, ctypes.c_void_p),
-    ("win32", ctypes.c_int32, ctypes.c_uint32),
-])
-def test_ctypes_builder_with_windows_scalar_stand_ins(monkeypatch, abi, long_type, ptr_type):
-    """Windows stand-in: on Windows ctypes.c_long is 32-bit (and c_void_p 32-bit on x86).  We
-    substitute those sizes into the builder's scalar map and check that ctypes then lays out
-    the Windows spec exactly as the (compiler-proven) calculator does."""
-    monkeypatch.setitem(_structs._HOST_SCALARS, "long", long_type)
-    monkeypatch.setitem(_structs._HOST_SCALARS, "ptr", ptr_type)
+@pytest.mark.parametrize("abi,ptr_type", [("win64", ctypes.c_void_p), ("win32", ctypes.c_uint32)])
+def test_ctypes_builder_lays_out_windows_with_a_32_bit_long(monkeypatch, abi, ptr_type):
+    """The Windows layouts never use this interpreter's ``c_long`` (8 bytes here, as in a
+    64-bit Cygwin Python): built on this LP64 host they already match the compiler-proven
+    Win64 layout.  For Win32 only the pointer size is substituted."""
+    assert ctypes.sizeof(ctypes.c_long) == 8
+    monkeypatch.setitem(_structs._WINDOWS_SCALARS, "ptr", ptr_type)
     classes = _structs.build_structs(_structs.WINDOWS)
     layouts = abi_layout.compute_layouts(_structs.struct_specs(_structs.WINDOWS), abi)
     _assert_ctypes_matches(classes, layouts)
+    assert ctypes.sizeof(classes["pcap_pkthdr"]) == 16
+
+
+def test_only_win32_is_the_windows_family_and_cygwin_is_its_own():
+    assert _structs.host_family("win32") == _structs.WINDOWS
+    for name in ("cygwin", "msys"):
+        assert _structs.host_family(name) == _structs.CYGWIN
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ POINTER_TYPEDEFS = {"HANDLE", "pcap_handler", "PAirpcapHandle"}
 SCALARS = {
     "int": (ctypes.c_int,),
     "u_int": (ctypes.c_uint,),
+    "unsigned int": (ctypes.c_uint,),
     "bpf_u_int32": (ctypes.c_uint32,),
     "long": (ctypes.c_long,),
     "int64_t": (ctypes.c_int64,),

@@ -169,7 +169,7 @@ def test_standin_join_kickstarts_loopback_only_with_multicast_loopback_on():
 def test_standin_waiter_waits_on_the_captures_read_events():
     platform = standin_platform()
     captures = [types.SimpleNamespace(event_handle=lambda h=h: h) for h in (0x10, 0x20)]
-    waiter = platform.make_waiter(captures)
+    waiter = platform.make_waiter(captures, True)
     assert isinstance(waiter, _win32.EventWaiter)
     assert list(waiter.handles) == [0x10, 0x20]
     assert platform.api.events == ["close-event"]

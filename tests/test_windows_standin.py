@@ -142,6 +142,7 @@ def make_api(clock=None, early_ms=0.0, advapi32=None):
 DOCUMENTED_ARG_COUNTS = {
     "CreateEventW": 4, "SetEvent": 1, "ResetEvent": 1, "CloseHandle": 1,
     "WaitForSingleObject": 2, "WaitForMultipleObjects": 4, "GetCurrentProcess": 0,
+    "GetSystemDirectoryW": 2,
     "OpenSCManagerW": 3, "OpenServiceW": 3, "QueryServiceStatus": 2, "CloseServiceHandle": 1,
     "OpenProcessToken": 3, "GetTokenInformation": 5,
 }

@@ -83,7 +83,7 @@ def find_devices(fns):
         while node:
             dev = _structs.pcap_if.from_address(node)
             name = ctypes.string_at(dev.name).decode("utf-8", "replace")
-            desc = (ctypes.string_at(dev.description).decode("utf-8", "replace")
+            desc = (_pcap.decode_description(ctypes.string_at(dev.description))
                     if dev.description else None)
             devices.append(Device(name, desc, dev.flags, _ipv4_addresses(dev.addresses)))
             node = dev.next
@@ -126,9 +126,12 @@ class Capture:
     """
 
     def __init__(self, fns, device_name, snaplen, buffer_size, immediate=True, promiscuous=True,
-                 timeout_ms=1, libc=None):
+                 timeout_ms=1, libc=None, filter_resets_counters=False):
         self._fns = fns
         self.device_name = device_name
+        # Npcap zeroes its counters on every new filter: drops before it are kept in a base.
+        self._filter_resets_counters = filter_resets_counters
+        self._drops_base = 0
         errbuf = ctypes.create_string_buffer(_pcap.PCAP_ERRBUF_SIZE)
         self.handle = fns.pcap_create(device_name.encode("utf-8"), errbuf)
         self.reader = None
@@ -155,9 +158,8 @@ class Capture:
             raise
 
     def _status_text(self, status):
-        raw = self._fns.pcap_geterr(self.handle)
-        text = raw.decode("utf-8", "replace") if raw else ""
-        return text or (self._fns.pcap_statustostr(status) or b"").decode("utf-8", "replace")
+        return (_pcap.decode_text(self._fns.pcap_geterr(self.handle))
+                or _pcap.decode_text(self._fns.pcap_statustostr(status)))
 
     def set_filter(self, expression):
         """Compile and install a BPF filter (serialised process-wide)."""
@@ -166,9 +168,35 @@ class Capture:
             self._fns.pcap_compile(self.handle, ctypes.byref(program), expression.encode("ascii"),
                                    1, _pcap.PCAP_NETMASK_UNKNOWN)
         try:
+            drops = self._driver_drops() if self._filter_resets_counters else 0
             self._fns.pcap_setfilter(self.handle, ctypes.byref(program))
+            self._drops_base += drops
         finally:
             self._fns.pcap_freecode(ctypes.byref(program))
+
+    def pending_records(self):
+        """Every frame the capture holds right now, as savefile records in a new buffer.
+
+        ``(bytearray, count)``; reads with ``pcap_next_ex`` and leaves the batch reader's
+        buffer alone (queued datagrams may still point into it).  Used before a new filter
+        replaces the old one: Npcap discards what is pending when the filter changes.
+        """
+        records = bytearray()
+        count = 0
+        header = ctypes.POINTER(_structs.pcap_pkthdr)()
+        data = ctypes.c_void_p()
+        next_ex = self._fns.pcap_next_ex
+        while True:
+            status = next_ex(self.handle, ctypes.byref(header), ctypes.byref(data))
+            if status != 1:
+                if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
+                    return records, count
+                raise _pcap.status_error("pcap_next_ex", status, self.handle)
+            ts_sec, ts_usec, caplen, length = _PKTHDR.unpack(
+                ctypes.string_at(ctypes.addressof(header.contents), _PKTHDR.size))
+            records += _SF_RECORD.pack(ts_sec & 0xFFFFFFFF, ts_usec & 0xFFFFFFFF, caplen, length)
+            records += ctypes.string_at(data.value, caplen)
+            count += 1
 
     def selectable_fd(self):
         """POSIX: the fd to poll, or -1 when the device has none."""
@@ -179,7 +207,11 @@ class Capture:
         return self._fns.pcap_getevent(self.handle)
 
     def drops(self):
-        """Frames the kernel/driver dropped for lack of buffer space (ps_drop + ps_ifdrop)."""
+        """Frames the kernel/driver dropped for lack of buffer space (ps_drop + ps_ifdrop),
+        since activation: never smaller than an earlier answer."""
+        return self._drops_base + self._driver_drops()
+
+    def _driver_drops(self):
         st = _structs.pcap_stat()
         try:
             self._fns.pcap_stats(self.handle, ctypes.byref(st))

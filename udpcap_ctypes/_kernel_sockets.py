@@ -7,11 +7,14 @@
   every unicast datagram with ICMP port-unreachable (which halves a local sender's rate and makes
   a connected sender see ECONNREFUSED).  The kernel queues datagrams into its tiny buffer and
   drops the rest; on Windows that puts Winsock back in the path, which is why it is opt-in.
+  One guard per address and port serves every socket of the process.
 """
 
+import errno
 import logging
 import socket
 import struct
+import threading
 
 log = logging.getLogger("udpcap_ctypes")
 
@@ -65,17 +68,54 @@ class MembershipHolder:
 
 
 class PortGuard:
-    """A shared (SO_REUSEADDR), never-read socket on the captured port."""
+    """A never-read kernel socket on the captured port, shared by every socket of this process
+    that asks for one on the same address and port (:meth:`acquire` / :meth:`close`).
 
-    def __init__(self, address, port):
+    *options* are the platform's ``(level, option, value)`` socket options: POSIX shares the
+    port with SO_REUSEADDR; Windows binds without options, because SO_REUSEADDR there lets a
+    socket take a port from the program that holds it.
+    """
+
+    _lock = threading.Lock()
+    _shared = {}                   # (address, port) -> PortGuard
+
+    def __init__(self, address, port, options):
+        self.key = (address, port)
+        self.users = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            for level, option, value in options:
+                self._sock.setsockopt(level, option, value)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MIN_RCVBUF)
             self._sock.bind((address, port))
+        except OSError as exc:
+            self._sock.close()
+            raise OSError(exc.errno, "port_guard=True: the guard socket cannot bind to %s:%d "
+                          "(%s)%s" % (address, port, exc.strerror or exc,
+                                      _GUARD_IN_USE if exc.errno == errno.EADDRINUSE else ""),
+                          ) from None
         except BaseException:
             self._sock.close()
             raise
 
+    @classmethod
+    def acquire(cls, address, port, options):
+        with cls._lock:
+            guard = cls._shared.get((address, port))
+            if guard is None:
+                guard = cls._shared[(address, port)] = cls(address, port, options)
+            guard.users += 1
+            return guard
+
     def close(self):
+        with self._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            if self._shared.get(self.key) is self:
+                del self._shared[self.key]
         self._sock.close()
+
+
+_GUARD_IN_USE = (". Another program holds that port, so the kernel already does not answer "
+                 "it with ICMP port-unreachable: pass port_guard=False")

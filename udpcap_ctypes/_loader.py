@@ -3,14 +3,18 @@
 Loading happens on first use (``UdpcapSocket()`` or ``check``), once per process, under a lock;
 importing the package never touches a native library.
 
-Windows: Npcap lives in ``%SystemRoot%\\System32\\Npcap``.  We load ``Packet.dll`` and then
-``wpcap.dll`` from there by absolute path inside ``os.add_dll_directory`` -- never by changing
-the process-wide DLL search path -- and fall back to ``System32\\wpcap.dll`` (Npcap's
-"WinPcap API-compatible mode", or a legacy WinPcap).  Elsewhere: ``ctypes.util.find_library``
-and the usual sonames.  ``UDPCAP_CTYPES_LIBPCAP`` overrides all of it with one path.
+Windows: Npcap lives in ``System32\\Npcap``, with System32 found by ``GetSystemDirectoryW``
+(as Npcap's guide and its own Packet.dll do; ``%SystemRoot%`` may be scrubbed or wrong).  We
+load ``Packet.dll`` and then ``wpcap.dll`` from there by absolute path inside
+``os.add_dll_directory`` -- never by changing the process-wide DLL search path -- and fall back
+to ``System32\\wpcap.dll`` (Npcap's "WinPcap API-compatible mode", or a legacy WinPcap).
+Strings from wpcap.dll are UTF-8 once ``pcap_init(PCAP_CHAR_ENC_UTF_8)`` succeeds (Npcap 1.20
+and newer), in the ANSI code page otherwise; adapter descriptions always are in the ANSI code
+page.  Cygwin/MSYS2 Pythons are refused: they are not Windows to ctypes (a C ``long`` is 64-bit
+there) and have no ``winreg`` or ``_winapi``.  Elsewhere: ``ctypes.util.find_library`` and the
+usual sonames.  ``UDPCAP_CTYPES_LIBPCAP`` overrides all of it with one path.
 
-The file-system and DLL calls go through a small OS layer (:class:`LoaderOS`) so the Windows
-search can be tested on Linux with recorded answers.
+The file-system and DLL calls go through a small OS layer (:class:`LoaderOS`).
 """
 
 import ctypes
@@ -50,6 +54,12 @@ class LoaderOS:
         return ctypes.CDLL(path)
 
     @staticmethod
+    def system_directory():
+        """Windows: the System32 directory (``GetSystemDirectoryW``)."""
+        from ._win32 import Win32Api
+        return Win32Api().system_directory()
+
+    @staticmethod
     def dll_directory(path):
         """Context manager that adds *path* to the DLL search path of this load only."""
         add = getattr(os, "add_dll_directory", None)
@@ -69,13 +79,16 @@ class _NullContext:
 class CaptureLibrary:
     """A loaded capture library: bound functions plus where they came from."""
 
-    def __init__(self, kind, path, fns, packet_path=None, packet_fns=None, windows=False):
+    def __init__(self, kind, path, fns, packet_path=None, packet_fns=None, windows=False,
+                 text_encoding="utf-8", description_encoding="utf-8"):
         self.kind = kind                # "npcap", "winpcap", "libpcap"
         self.path = path                # what was loaded
         self.fns = fns                  # _pcap.Functions
         self.packet_path = packet_path  # Packet.dll (Windows) or None
         self.packet_fns = packet_fns
         self.windows = windows
+        self.text_encoding = text_encoding                  # error texts, messages
+        self.description_encoding = description_encoding    # pcap_if.description
         raw = fns.pcap_lib_version()
         self.version = raw.decode("ascii", "replace") if raw else "unknown"
         if self.version.startswith("WinPcap"):
@@ -87,8 +100,7 @@ class CaptureLibrary:
 
 def windows_candidates(oslayer):
     """Ordered ``(kind, wpcap_path, packet_path_or_None, dll_dir)`` tuples to try on Windows."""
-    root = oslayer.environ.get("SystemRoot") or oslayer.environ.get("windir") or r"C:\Windows"
-    system32 = root.rstrip("\\/") + "\\System32"
+    system32 = oslayer.system_directory().rstrip("\\/")
     npcap_dir = system32 + "\\Npcap"
     return [
         ("npcap", npcap_dir + "\\wpcap.dll", npcap_dir + "\\Packet.dll", npcap_dir),
@@ -107,7 +119,11 @@ def posix_candidates(oslayer):
 
 def install_fix(oslayer):
     """What a person should do when no capture library can be loaded."""
-    if _structs.host_family(oslayer.platform) == _structs.WINDOWS:
+    family = _structs.host_family(oslayer.platform)
+    if family == _structs.CYGWIN:
+        return ("Run it with a native Windows Python (python.org, the Microsoft Store or "
+                "conda) and install Npcap from https://npcap.com/")
+    if family == _structs.WINDOWS:
         return ("Install Npcap from https://npcap.com/ with 'Support loopback traffic' checked "
                 "(optionally 'WinPcap API-compatible mode'); WinPcap is not supported")
     if oslayer.platform == "darwin":
@@ -119,7 +135,13 @@ def install_fix(oslayer):
 def load_library(oslayer=None):
     """Find, load and declare the capture library.  Raises :class:`CaptureUnavailableError`."""
     oslayer = oslayer or LoaderOS()
-    windows = _structs.host_family(oslayer.platform) == _structs.WINDOWS
+    family = _structs.host_family(oslayer.platform)
+    if family == _structs.CYGWIN:
+        raise CaptureUnavailableError(
+            "a Cygwin/MSYS2 Python (sys.platform %r) cannot use Npcap: to ctypes it is not "
+            "Windows (a C long is 64-bit there, 32-bit in wpcap.dll) and it has no winreg. "
+            "Fix: %s" % (oslayer.platform, install_fix(oslayer)))
+    windows = family == _structs.WINDOWS
     tried = []
     override = oslayer.environ.get(ENV_OVERRIDE)
     if override is not None:
@@ -127,7 +149,13 @@ def load_library(oslayer=None):
                          fix="%s=%r is set: point it at a capture library or unset it"
                              % (ENV_OVERRIDE, override))
     if windows:
-        for kind, wpcap, packet, dll_dir in windows_candidates(oslayer):
+        try:
+            candidates = windows_candidates(oslayer)
+        except OSError as exc:
+            raise CaptureUnavailableError(
+                "cannot find the System32 directory (%s). Fix: %s"
+                % (exc, install_fix(oslayer))) from exc
+        for kind, wpcap, packet, dll_dir in candidates:
             if not oslayer.isfile(wpcap):
                 tried.append("%s: not found" % wpcap)
                 continue
@@ -172,8 +200,14 @@ def _load_one(oslayer, kind, path, packet_path, dll_dir, windows, tried, fix=Non
             % (path, ", ".join(missing), fix or install_fix(oslayer)))
     if packet is not None:
         packet_fns = _pcap.bind_prototypes(packet, _pcap.PACKET_PROTOTYPES, windows, packet_path)
+    text_encoding = description_encoding = "utf-8"
+    if windows:
+        text_encoding = description_encoding = "mbcs"      # the ANSI code page
+        if _pcap.init_utf8(fns, path):
+            text_encoding = "utf-8"
     library = CaptureLibrary(kind if kind != "override" else ("npcap" if windows else "libpcap"),
-                             path, fns, packet_path if packet else None, packet_fns, windows)
+                             path, fns, packet_path if packet else None, packet_fns, windows,
+                             text_encoding, description_encoding)
     log.debug("loaded %r", library)
     return library
 
@@ -189,7 +223,8 @@ def get_library():
         with _lock:
             if _library is None:
                 library = load_library()
-                _pcap.set_functions(library.fns)
+                _pcap.set_functions(library.fns, library.text_encoding,
+                                    library.description_encoding)
                 _library = library
     return _library
 

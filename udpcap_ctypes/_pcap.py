@@ -37,6 +37,7 @@ PCAP_ERROR_PROMISC_PERM_DENIED = -11
 PCAP_ERROR_TSTAMP_PRECISION_NOTSUP = -12
 
 PCAP_D_INOUT, PCAP_D_IN, PCAP_D_OUT = 0, 1, 2
+PCAP_CHAR_ENC_LOCAL, PCAP_CHAR_ENC_UTF_8 = 0, 1     # pcap_init() options
 PCAP_IF_LOOPBACK = 0x00000001
 PCAP_IF_UP = 0x00000002
 PCAP_IF_RUNNING = 0x00000004
@@ -100,13 +101,14 @@ def _errbuf_text(buf):
         raw = buf.raw
     else:
         return ""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return decode_text(raw.split(b"\0", 1)[0])
 
 
 # Each row: name, restype, argtypes, errcheck, where ("all", "win", "posix").
 # Rows without errcheck are either infallible or on the hot path, where the caller checks.
 PROTOTYPES = [
     ("pcap_lib_version", ctypes.c_char_p, [], None, "all"),
+    ("pcap_init", ctypes.c_int, [ctypes.c_uint, errbuf_t], _errcheck_errbuf_status, "all"),
     ("pcap_create", p_pcap, [ctypes.c_char_p, errbuf_t], _errcheck_handle, "all"),
     ("pcap_set_snaplen", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "all"),
     ("pcap_set_promisc", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "all"),
@@ -163,6 +165,7 @@ PACKET_PROTOTYPES = [
 ]
 
 MINIMUM_VERSION_NOTES = {
+    "pcap_init": "libpcap 1.10 / Npcap 1.20 or newer",
     "PacketGetInfo": "Npcap 1.81 or newer",
     "pcap_set_immediate_mode": "libpcap 1.5 / Npcap 0.9 or newer",
     "pcap_dump_fopen": "libpcap 0.9 or newer",
@@ -217,11 +220,47 @@ def bind_prototypes(library, table, windows, library_description="the loaded lib
 
 
 _fns = None   # set by set_functions() once the library is loaded
+# How the loaded library encodes the strings it returns (set_functions): error texts, and the
+# adapter descriptions of pcap_findalldevs (Npcap builds those in the ANSI code page, "mbcs",
+# even after pcap_init(PCAP_CHAR_ENC_UTF_8)).
+_text_encoding = "utf-8"
+_description_encoding = "utf-8"
 
 
-def set_functions(fns):
-    global _fns
+def set_functions(fns, text_encoding="utf-8", description_encoding="utf-8"):
+    global _fns, _text_encoding, _description_encoding
     _fns = fns
+    _text_encoding = text_encoding
+    _description_encoding = description_encoding
+
+
+def decode_text(raw):
+    """A string from the capture library (errbuf, pcap_geterr, pcap_statustostr) as ``str``."""
+    return raw.decode(_text_encoding, "replace") if raw else ""
+
+
+def decode_description(raw):
+    """An adapter description from ``pcap_findalldevs`` as ``str``."""
+    return raw.decode(_description_encoding, "replace") if raw else ""
+
+
+def init_utf8(fns, library_description):
+    """Ask for UTF-8 strings (``pcap_init``, libpcap 1.10 / Npcap 1.20); True when granted.
+
+    Without it wpcap.dll returns error texts in the ANSI code page (localized on a
+    non-English Windows), which decoding as UTF-8 would garble.
+    """
+    if not fns.pcap_init:
+        log.debug("%s has no pcap_init: its strings are in the ANSI code page",
+                  library_description)
+        return False
+    errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
+    try:
+        fns.pcap_init(PCAP_CHAR_ENC_UTF_8, errbuf)
+    except PcapError as exc:
+        log.debug("pcap_init(PCAP_CHAR_ENC_UTF_8): %s", exc)
+        return False
+    return True
 
 
 def status_error(call, code, handle=None):
@@ -230,11 +269,9 @@ def status_error(call, code, handle=None):
     if _fns is not None:
         if handle and code in (PCAP_ERROR, PCAP_ERROR_PERM_DENIED, PCAP_ERROR_NO_SUCH_DEVICE,
                                PCAP_ERROR_PROMISC_PERM_DENIED, PCAP_ERROR_IFACE_NOT_UP):
-            raw = _fns.pcap_geterr(handle)
-            text = raw.decode("utf-8", "replace") if raw else ""
+            text = decode_text(_fns.pcap_geterr(handle))
         if not text:
-            raw = _fns.pcap_statustostr(code)
-            text = raw.decode("utf-8", "replace") if raw else ""
+            text = decode_text(_fns.pcap_statustostr(code))
     text = text or "pcap status %d" % code
     if code in (PCAP_ERROR_PERM_DENIED, PCAP_ERROR_PROMISC_PERM_DENIED):
         return PermissionError(errno.EPERM, "%s: %s. %s" % (call, text, permission_fix()))
@@ -246,9 +283,8 @@ def status_error(call, code, handle=None):
 def permission_fix():
     """How to get the right to capture, for this platform."""
     if _structs.host_family() == _structs.WINDOWS:
-        return ("Npcap is installed in admin-only mode: run this program from an elevated "
-                "prompt (Run as administrator), or reinstall Npcap without "
-                "'Restrict Npcap driver's access to Administrators only'")
+        from ._win32 import ADMIN_ONLY_FIX
+        return ADMIN_ONLY_FIX
     return ("Capturing needs root or the capabilities CAP_NET_RAW and CAP_NET_ADMIN: run as root, "
             "or grant them once with: sudo setcap cap_net_raw,cap_net_admin+eip "
             "$(readlink -f $(command -v python3))")

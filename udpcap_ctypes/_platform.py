@@ -7,6 +7,7 @@ a multicast membership.  No other module tests ``sys.platform`` for behaviour.
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import select
@@ -47,6 +48,11 @@ class Platform:
     #   "loopback" -- on the loopback capture device (Npcap), outgoing frames are filtered.
     own_multicast_seen_on = "egress"
     drain_before_wait = True
+    # Does a new filter zero the capture's counters (pcap_stats)?  Capture then keeps a base.
+    filter_resets_counters = False
+    # Socket options of the port guard (see _kernel_sockets.PortGuard): POSIX shares the port
+    # with SO_REUSEADDR, which there never takes it from a socket that did not ask for sharing.
+    port_guard_options = ((socket.SOL_SOCKET, socket.SO_REUSEADDR, 1),)
 
     def __init__(self, library):
         self.library = library
@@ -90,6 +96,14 @@ class Platform:
         Off unless measured: it pays where a wake-up costs much more than a frame.
         """
         return 0.0
+
+    def explain_open_error(self, exc):
+        """The exception to raise for *exc* from opening a capture (platform diagnosis)."""
+        return exc
+
+    def make_waiter(self, captures, immediate):
+        """An object with ``wait(timeout)``, ``wake()``, ``set_captures(captures)``, ``close()``."""
+        raise NotImplementedError
 
 
 class PosixPlatform(Platform):
@@ -153,12 +167,21 @@ class PosixPlatform(Platform):
             return " and ".join("not ether src %s" % _mac_text(m) for m in own_macs)
         return None
 
-    def make_waiter(self, captures):
+    def make_waiter(self, captures, immediate):
         return PollWaiter(captures)
 
 
 class WindowsPlatform(Platform):
     own_multicast_seen_on = "loopback"
+    # Npcap's BIOCSETF resets the driver buffer and its Received/Dropped/Accepted counters
+    # (npf Packet.c funcBIOCSETF -> Openclos.c NPF_ResetBufferContents).
+    filter_resets_counters = True
+    # SO_REUSEADDR on Windows lets a socket bind over another process's port: bind without it,
+    # so the guard never takes a port that some program holds.
+    port_guard_options = ()
+    # Without immediate mode Npcap signals the read event only once 16,000 bytes are buffered
+    # (pcap-npf.c MinToCopy; npf Read.c): the waiter then also reads this often (seconds).
+    NONIMMEDIATE_READ_INTERVAL = 0.01
 
     def __init__(self, library, api=None, registry=None, kickstart=None):
         """*api* (``_win32.Win32Api``), *registry* (``read_values(subkey)``) and *kickstart*
@@ -192,12 +215,29 @@ class WindowsPlatform(Platform):
             return " and ".join(self._win32.mac_filter_clause(m) for m in own_macs)
         return None
 
-    def make_waiter(self, captures):
-        return self._win32.EventWaiter(self.api, [c.event_handle() for c in captures])
+    def make_waiter(self, captures, immediate):
+        waiter = self._win32.EventWaiter(
+            self.api, interval=None if immediate else self.NONIMMEDIATE_READ_INTERVAL)
+        waiter.set_captures(captures)
+        return waiter
 
-    def prepare(self, capture, is_loopback):
-        # Deliver each frame at once instead of waiting for 16 kB to collect in the driver.
-        self.fns.pcap_setmintocopy(capture.handle, 0)
+    def explain_open_error(self, exc):
+        # Admin-only mode: with the UAC prompt of Npcap's helper declined, older Packet.dll
+        # versions fail the open with ERROR_BAD_UNIT, which pcap-npf.c reports as
+        # PCAP_ERROR_NO_SUCH_DEVICE for a device pcap_findalldevs has just listed.
+        if getattr(exc, "errno", None) != errno.ENODEV or isinstance(exc, PermissionError):
+            return exc
+        install = self.install
+        if install is None or not install.admin_only:
+            return exc
+        try:
+            if self._win32.is_elevated(self.api):
+                return exc
+        except OSError:
+            pass                          # elevation unknown: admin-only is the likely cause
+        return PermissionError(errno.EPERM, "%s. Npcap is restricted to administrators and "
+                               "this process is not elevated. %s"
+                               % (exc.strerror or exc, self._win32.ADMIN_ONLY_FIX))
 
     def hold_memberships_default(self):
         # Keeping Winsock away from the traffic is the point on Windows: opt-in only.
@@ -255,14 +295,21 @@ class PollWaiter:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
-        self._fds = [self._read_fd]
-        self._needs_slices = False
+        self.set_captures(captures)
+
+    def set_captures(self, captures):
+        """Wait on these captures from now on (a thread already waiting finishes its wait on
+        the old set)."""
+        fds = [self._read_fd]
+        needs_slices = False
         for capture in captures:
             fd = capture.selectable_fd()
             if fd < 0:
-                self._needs_slices = True
+                needs_slices = True
             else:
-                self._fds.append(fd)
+                fds.append(fd)
+        self._fds = fds
+        self._needs_slices = needs_slices
         self._poll = self._new_poll()
 
     def _new_poll(self):

@@ -20,6 +20,7 @@ import time
 from . import _capture, _packet, _pcap
 from ._kernel_sockets import MembershipHolder, PortGuard
 from ._reassembly import Reassembler
+from .errors import PcapError
 
 log = logging.getLogger("udpcap_ctypes")
 
@@ -92,11 +93,18 @@ class Receiver:
                          if options.coalesce is None else options.coalesce)
         self.coalescing = False
         self._last_fill = 0.0
+        self.lost = []                  # captures whose device went away (closed on close())
+        self.failure = None             # (errno, text) once no capture is left to read
 
     # -- opening -----------------------------------------------------------------------------
 
     def open(self, address, port, buffer_size, groups, multicast_loopback):
-        """Select devices for *address* (int, 0 = any), open and filter them."""
+        """Select devices for *address* (int, 0 = any), open and filter them.
+
+        A device that fails to open is logged, counted (``devices_failed``) and left out when
+        the socket can do without it: any device of a bind to 0.0.0.0, the loopback device of
+        a bind to an interface address.  ``bind`` fails only when nothing opens.
+        """
         devices = [d for d in self.platform.devices() if d.ipv4 or self.platform.is_loopback(d)]
         chosen = select_devices(devices, address, self.platform.is_loopback)
         self.port = port
@@ -118,38 +126,32 @@ class Receiver:
         local.add(0xFFFFFFFF)
         self.local_addresses = frozenset(local)
         try:
+            failure = None
             for device in chosen:
-                snaplen = self.platform.snaplen_for(device)
-                capture = _capture.Capture(
-                    self.platform.fns, device.name, snaplen,
-                    self.platform.ring_size(buffer_size, snaplen, self.options.immediate),
-                    immediate=self.options.immediate, promiscuous=self.options.promiscuous,
-                    libc=self.platform.libc)
                 try:
-                    is_loopback = self.platform.is_loopback(device)
-                    self.platform.prepare(capture, is_loopback)
-                    own_macs = () if is_loopback else self.platform.own_macs(device, capture)
-                    opened = _OpenCapture(capture, device, is_loopback, own_macs,
-                                          self._own_on_egress)
-                except _packet.UnsupportedLinkType as exc:
-                    capture.close()
-                    if address == 0 and len(chosen) > 1:
-                        log.warning("not capturing on %s: %s", device.name, exc)
-                        continue
-                    raise OSError(errno.EPROTONOSUPPORT, "cannot capture on %s: %s"
-                                  % (device.name, exc)) from None
-                except BaseException:
-                    capture.close()
-                    raise
+                    opened = self._open_capture(device, buffer_size)
+                except OSError as exc:
+                    if not (address == 0 or address >> 24 != 127
+                            and self.platform.is_loopback(device)):
+                        raise
+                    self.stats.devices_failed += 1
+                    log.warning("not capturing on %s%s: %s", device.name,
+                                " (%s)" % device.description if device.description else "",
+                                exc)
+                    failure = failure or exc
+                    continue
                 self.captures.append(opened)
                 self._apply_filter(opened)
+            if not self.captures:
+                raise failure or OSError(errno.ENODEV, "no capture device could be opened")
             # Between activation and the filter, the ring took whatever the device carried; on a
             # busy loopback that can fill it and drop the first datagrams for us.  libpcap runs
             # the new filter over those frames in user space, so reading them now keeps what is
             # ours (queued) and frees the ring.
             while self._fill():
                 pass
-            self.waiter = self.platform.make_waiter([c.capture for c in self.captures])
+            self.waiter = self.platform.make_waiter([c.capture for c in self.captures],
+                                                    self.options.immediate)
             self.platform.groups_joined(self.groups, self.captures, multicast_loopback)
             hold = self.options.hold_memberships
             if hold is None:
@@ -162,12 +164,51 @@ class Receiver:
                 for group in self.groups:
                     self.memberships.join(group)
             if self.options.port_guard:
-                self.port_guard = PortGuard(ip_text(address), port)
+                self.port_guard = PortGuard.acquire(ip_text(address), port,
+                                                    self.platform.port_guard_options)
         except BaseException:
             self.close()
             raise
         log.debug("bound %s:%d on %s", ip_text(address), port,
                   ", ".join(c.device.name for c in self.captures))
+
+    def _open_capture(self, device, buffer_size):
+        """Open, activate and prepare one device: an :class:`_OpenCapture` (not yet filtered).
+
+        A device that refuses promiscuous mode is opened again without it, with a warning
+        (multicast may then arrive only for groups some local socket has joined).
+        """
+        platform = self.platform
+        snaplen = platform.snaplen_for(device)
+        ring = platform.ring_size(buffer_size, snaplen, self.options.immediate)
+        promiscuous = self.options.promiscuous
+        while True:
+            try:
+                capture = _capture.Capture(
+                    platform.fns, device.name, snaplen, ring, immediate=self.options.immediate,
+                    promiscuous=promiscuous, libc=platform.libc,
+                    filter_resets_counters=platform.filter_resets_counters)
+                break
+            except OSError as exc:
+                exc = platform.explain_open_error(exc)
+                if (not promiscuous or isinstance(exc, PermissionError)
+                        or exc.errno == errno.ENODEV):
+                    raise exc from None
+                log.warning("%s: %s; opening it again without promiscuous mode", device.name,
+                            exc)
+                promiscuous = False
+        try:
+            is_loopback = platform.is_loopback(device)
+            platform.prepare(capture, is_loopback)
+            own_macs = () if is_loopback else platform.own_macs(device, capture)
+            return _OpenCapture(capture, device, is_loopback, own_macs, self._own_on_egress)
+        except _packet.UnsupportedLinkType as exc:
+            capture.close()
+            raise OSError(errno.EPROTONOSUPPORT, "cannot capture on %s: %s"
+                          % (device.name, exc)) from None
+        except BaseException:
+            capture.close()
+            raise
 
     def filter_expression(self, opened):
         """The BPF filter for one capture (also shown by ``check --verbose``)."""
@@ -190,8 +231,26 @@ class Receiver:
     def _apply_filter(self, opened):
         text = self.filter_expression(opened)
         if text != opened.filter_text:
+            if opened.filter_text is not None:
+                self._drain(opened)
             opened.capture.set_filter(text)
             opened.filter_text = text
+
+    def _drain(self, opened):
+        """Queue the datagrams a capture holds before its filter is replaced.  Npcap discards
+        pending frames when the filter changes (and libpcap on Linux filters frames already in
+        the ring with the new filter); a socket would deliver what arrived before a join,
+        leave or loopback change.  The frames are copied out (``pending_records``) because
+        queued datagrams may still point into the batch reader's buffer."""
+        records, count = opened.capture.pending_records()
+        if count:
+            self.stats.frames += count
+            view = memoryview(records)
+            datagrams = []
+            opened.parse_batch(view, 0, count, self.port, self.stats, self._verify_udp,
+                               datagrams)
+            if datagrams:
+                self._queue(opened, view, datagrams, _monotonic())
 
     def update(self, groups=None, multicast_loopback=None):
         """Swap groups and/or the loopback flag; refilter every capture (any thread)."""
@@ -265,25 +324,57 @@ class Receiver:
             # read event is not signalled again for frames libpcap already holds, so waiting
             # with frames left behind could sleep on data that has arrived.
             reader = opened.reader
-            found = reader.refill()
-            while found:
-                stats.frames += found
-                view = opened.view
-                reader.consumed(opened.parse_batch(view, reader.start, found, self.port, stats,
-                                                   self._verify_udp, datagrams))
-                if datagrams and self._queue(opened, view, datagrams, now):
-                    if len(captures) > 1:       # the next fill starts with the next capture
-                        self.captures = captures[turn + 1:] + captures[:turn + 1]
-                    if self.coalesce:
-                        # Coalesce once the capture is empty, if frames come more than one
-                        # per wake-up or closer together than two coalescing delays.
-                        self.coalescing = reader.exhausted and (
-                            found > 1 or now - self._last_fill < 2.0 * self.coalesce)
-                        self._last_fill = now
-                    return True
+            try:
                 found = reader.refill()
+                while found:
+                    stats.frames += found
+                    view = opened.view
+                    reader.consumed(opened.parse_batch(view, reader.start, found, self.port,
+                                                       stats, self._verify_udp, datagrams))
+                    if datagrams and self._queue(opened, view, datagrams, now):
+                        if len(captures) > 1:       # the next fill starts with the next capture
+                            self.captures = captures[turn + 1:] + captures[:turn + 1]
+                        if self.coalesce:
+                            # Coalesce once the capture is empty, if frames come more than one
+                            # per wake-up or closer together than two coalescing delays.
+                            self.coalescing = reader.exhausted and (
+                                found > 1 or now - self._last_fill < 2.0 * self.coalesce)
+                            self._last_fill = now
+                        return True
+                    found = reader.refill()
+            except PcapError as exc:
+                self._lose(opened, exc)
+                return self._fill()
         self.coalescing = False
+        if self.failure is not None:
+            raise OSError(*self.failure)
         return False
+
+    def _lose(self, opened, exc):
+        """A capture failed while reading (its device went away): receive on without it.
+
+        The capture stays open until :meth:`close` -- another thread may be waiting on its
+        event or fd at this moment -- but it is out of the read rotation and the waiter.  When
+        nothing is left, or the socket was bound to that device's address, every receive
+        raises ``ENETDOWN`` from now on.
+        """
+        self.captures = [c for c in self.captures if c is not opened]
+        self.lost.append(opened)
+        self.stats.devices_lost += 1
+        bound_here = self.bound_address and any(
+            address == self.bound_address for address, _m, _b in opened.device.ipv4)
+        if self.captures and not bound_here:
+            log.warning("stopped capturing on %s (%s); receiving goes on on %s",
+                        opened.device.name, exc, ", ".join(c.device.name for c in self.captures))
+            self.waiter.set_captures([c.capture for c in self.captures])
+            return
+        self.captures = []
+        self.failure = (errno.ENETDOWN, "cannot receive: the capture on %s failed (%s)%s. Fix: "
+                        "bind a new socket once the interface is back"
+                        % (opened.device.name, exc, "" if bound_here else
+                           ", and no other device is left"))
+        log.warning("%s", self.failure[1])
+        self.waiter.wake()              # every waiting receive returns and raises
 
     def _queue(self, opened, view, datagrams, now):
         """Apply the delivery rules to one parsed batch and queue what passes; True if any."""
@@ -369,16 +460,18 @@ class Receiver:
 
     def capture_drops(self):
         with self.io_lock:
-            return sum(c.capture.drops() for c in self.captures if c.capture.handle)
+            return sum(c.capture.drops() for c in self.captures + self.lost
+                       if c.capture.handle)
 
     def close(self):
         """Release captures, waiter and kernel sockets.  Idempotent."""
-        for opened in self.captures:
+        for opened in self.captures + self.lost:
             try:
                 opened.capture.close()
             except Exception:                    # pragma: no cover - best effort on close
                 log.exception("closing capture on %s", opened.device.name)
         self.captures = []
+        self.lost = []
         if self.waiter is not None:
             self.waiter.close()
             self.waiter = None

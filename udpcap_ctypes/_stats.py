@@ -32,6 +32,7 @@ class Statistics:
         "own_multicast_dropped", "malformed", "fragments", "reassembled",
         "reassembly_timeouts", "reassembly_evictions", "fragments_unwanted",
         "pending_datagrams", "pending_bytes", "capture_drops", "coalesced_waits",
+        "devices_failed", "devices_lost",
     )
 
     def __init__(self):
@@ -53,6 +54,8 @@ class Statistics:
         self.pending_bytes = 0           # gauge: bytes held for reassembly
         self.capture_drops = 0           # pcap_stats ps_drop (+ ps_ifdrop) at the last read
         self.coalesced_waits = 0         # waits that let frames collect (Options.coalesce)
+        self.devices_failed = 0          # devices bind() could not open (and went on without)
+        self.devices_lost = 0            # captures dropped because their device went away
 
     def drop(self, reason):
         """Count one malformed frame or fragment."""

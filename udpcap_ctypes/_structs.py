@@ -8,7 +8,9 @@ headers.  Keeping the layout as data is what lets a Linux machine prove the Wind
 
 C type names used here:
   ``u_int``/``int``/``bpf_u_int32``  32-bit
-  ``long``                           C ``long``: 32-bit on Windows (LLP64), pointer-sized elsewhere
+  ``long``                           C ``long``: 32-bit on Windows (LLP64, Win32 and Win64 alike),
+                                     pointer-sized elsewhere -- never ``ctypes.c_long`` for the
+                                     Windows layouts, which is 8 bytes in a 64-bit Cygwin Python
   ``time_t``/``suseconds_t``         the host's ``struct timeval`` members
   ``u_short``/``u_char``             16/8-bit
   ``ptr``                            any data pointer
@@ -23,13 +25,16 @@ import sys
 WINDOWS = "windows"
 LINUX = "linux"
 BSD = "bsd"          # macOS and the BSDs: sockaddr starts with sa_len
+CYGWIN = "cygwin"    # Cygwin/MSYS2 Pythons: POSIX C types, no Winsock/winreg; not supported
 
 
 def host_family(platform=None):
     """The layout family of *platform* (default: this interpreter's ``sys.platform``)."""
     platform = sys.platform if platform is None else platform
-    if platform.startswith(("win", "cygwin")):
+    if platform == "win32":
         return WINDOWS
+    if platform.startswith(("cygwin", "msys")):
+        return CYGWIN
     if platform.startswith(("darwin", "freebsd", "openbsd", "netbsd", "dragonfly")):
         return BSD
     return LINUX
@@ -79,6 +84,8 @@ _HOST_SCALARS = {
     "long": ctypes.c_long, "time_t": ctypes.c_long, "suseconds_t": ctypes.c_long,
     "u_short": ctypes.c_ushort, "u_char": ctypes.c_ubyte, "ptr": ctypes.c_void_p,
 }
+# Windows is LLP64: a C long is 32 bits whatever ctypes.c_long is in this interpreter.
+_WINDOWS_SCALARS = dict(_HOST_SCALARS, long=ctypes.c_int32)
 
 
 def build_structs(family=None):
@@ -87,20 +94,21 @@ def build_structs(family=None):
     Pointer fields are declared ``c_void_p`` on purpose: the code casts them where it follows
     them, which keeps every struct independent of the order of definition.
     """
-    specs = struct_specs(host_family() if family is None else family)
+    family = host_family() if family is None else family
+    scalars = _WINDOWS_SCALARS if family == WINDOWS else _HOST_SCALARS
     built = {}
-    for name, fields in specs.items():
-        ctypes_fields = [(field, _host_type(c_type, built)) for field, c_type in fields]
+    for name, fields in struct_specs(family).items():
+        ctypes_fields = [(field, _host_type(c_type, built, scalars)) for field, c_type in fields]
         built[name] = type(name, (ctypes.Structure,), {"_fields_": ctypes_fields})
     return built
 
 
-def _host_type(c_type, built):
+def _host_type(c_type, built, scalars):
     if c_type.endswith("]"):
         base, count = c_type[:-1].split("[")
-        return _host_type(base, built) * int(count)
-    if c_type in _HOST_SCALARS:
-        return _HOST_SCALARS[c_type]
+        return _host_type(base, built, scalars) * int(count)
+    if c_type in scalars:
+        return scalars[c_type]
     return built[c_type]
 
 

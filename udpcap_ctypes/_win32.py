@@ -20,9 +20,11 @@ pcap device is ``\\Device\\NPF_{GUID}``.
 """
 
 import ctypes
+import errno
 import logging
 import math
 import socket
+import threading
 import time
 
 log = logging.getLogger("udpcap_ctypes")
@@ -36,8 +38,11 @@ WAIT_ABANDONED_0 = 0x00000080
 WAIT_TIMEOUT = 0x00000102
 WAIT_FAILED = 0xFFFFFFFF
 MAXIMUM_WAIT_OBJECTS = 64
-#: Device handles per WaitForMultipleObjects call: the 64th slot is the wake event.
-WAIT_CHUNK = MAXIMUM_WAIT_OBJECTS - 1
+#: Device handles per wait.  With the waiter's wake event that is 62 handles: the most that
+#: ``_winapi.WaitForMultipleObjects`` accepts on every Python (62 before 3.9.7, bpo-40263; 63
+#: after), which adds the Ctrl-C event itself on the main thread -- at most 63 of the 64
+#: (MAXIMUM_WAIT_OBJECTS) a wait can take.
+WAIT_CHUNK = 61
 #: With more than :data:`WAIT_CHUNK` device handles, each chunk is waited on for this long in
 #: turn (milliseconds).  Each wait blocks (no CPU is used); the price is up to
 #: ``(chunks - 1) * WAIT_SLICE_MS`` extra latency for a device in a later chunk.
@@ -49,9 +54,17 @@ SERVICE_QUERY_STATUS = 0x0004
 TOKEN_QUERY = 0x0008
 TOKEN_ELEVATION_CLASS = 20            # TOKEN_INFORMATION_CLASS TokenElevation
 
+ERROR_FILE_NOT_FOUND = 2
 ERROR_ACCESS_DENIED = 5
 ERROR_INVALID_HANDLE = 6
 ERROR_SERVICE_DOES_NOT_EXIST = 1060
+
+#: What to do when Npcap is restricted to administrators (its "admin-only mode").  Packet.dll
+#: then starts NpcapHelper.exe, which asks for elevation with a User Account Control prompt.
+ADMIN_ONLY_FIX = ("Npcap is installed in admin-only mode: accept the User Account Control "
+                  "prompt that Npcap shows (NpcapHelper) when capturing starts, or run this "
+                  "program from an elevated prompt (Run as administrator), or reinstall Npcap "
+                  "without 'Restrict Npcap driver's access to Administrators only'")
 
 SERVICE_STATES = {
     1: "stopped",            # SERVICE_STOPPED
@@ -96,8 +109,10 @@ C_TYPES = {
     "HANDLE": ctypes.c_void_p,
     "SC_HANDLE": ctypes.c_void_p,
     "DWORD": ctypes.c_uint32,
+    "UINT": ctypes.c_uint32,
     "BOOL": ctypes.c_int,
     "LPCWSTR": ctypes.c_wchar_p,
+    "LPWSTR": ctypes.c_wchar_p,
     "LPVOID": ctypes.c_void_p,
     "LPSECURITY_ATTRIBUTES": ctypes.c_void_p,
     "TOKEN_INFORMATION_CLASS": ctypes.c_int,          # a C enum
@@ -116,6 +131,7 @@ WIN32_SIGNATURES = [
     ("kernel32", "WaitForSingleObject", "DWORD", ("HANDLE", "DWORD")),
     ("kernel32", "WaitForMultipleObjects", "DWORD", ("DWORD", "const HANDLE *", "BOOL", "DWORD")),
     ("kernel32", "GetCurrentProcess", "HANDLE", ()),
+    ("kernel32", "GetSystemDirectoryW", "UINT", ("LPWSTR", "UINT")),
     ("advapi32", "OpenSCManagerW", "SC_HANDLE", ("LPCWSTR", "LPCWSTR", "DWORD")),
     ("advapi32", "OpenServiceW", "SC_HANDLE", ("SC_HANDLE", "LPCWSTR", "DWORD")),
     ("advapi32", "QueryServiceStatus", "BOOL", ("SC_HANDLE", "LPSERVICE_STATUS")),
@@ -130,19 +146,21 @@ WIN32_PROTOTYPES = [(dll, name, C_TYPES[ret], [C_TYPES[arg] for arg in args])
                     for dll, name, ret, args in WIN32_SIGNATURES]
 
 
-def win_error(call, code):
-    """The ``OSError`` for Win32 error *code* from *call*, built the same way on every platform.
+# Win32 errors -> the OSError subclass and errno CPython gives them (PC/errmap.h).
+_ERROR_CLASSES = {ERROR_FILE_NOT_FOUND: (FileNotFoundError, errno.ENOENT),
+                  ERROR_ACCESS_DENIED: (PermissionError, errno.EACCES),
+                  ERROR_INVALID_HANDLE: (OSError, errno.EBADF)}
 
-    On Windows ``OSError(0, msg, None, code)`` maps *code* to ``errno`` and the matching
-    subclass (``PermissionError`` for ERROR_ACCESS_DENIED); elsewhere ``winerror`` is set by hand
-    so that callers can always read ``exc.winerror``.
-    """
+
+def win_error(call, code):
+    """The ``OSError`` for Win32 error *code* from *call*, with ``winerror`` set: the subclass
+    CPython would pick (``PermissionError`` for ERROR_ACCESS_DENIED), on every platform."""
     format_error = getattr(ctypes, "FormatError", None)      # Windows-only in ctypes
     text = format_error(code).strip() if format_error is not None else ""
     message = "%s failed: %s (Windows error %d)" % (call, text or "error", code)
-    exc = OSError(0, message, None, code)
-    if getattr(exc, "winerror", None) is None:
-        exc.winerror = code
+    cls, number = _ERROR_CLASSES.get(code, (OSError, errno.EINVAL))
+    exc = cls(number, message)
+    exc.winerror = code
     return exc
 
 
@@ -234,6 +252,19 @@ class Win32Api:
 
     def get_current_process(self):
         return self._fn("kernel32", "GetCurrentProcess")()
+
+    def system_directory(self):
+        """The path of System32 (``GetSystemDirectoryW``), as Npcap's own loader finds it."""
+        get = self._fn("kernel32", "GetSystemDirectoryW")
+        size = 260                                    # MAX_PATH
+        while True:
+            buffer = ctypes.create_unicode_buffer(size)
+            length = get(buffer, size)
+            if length == 0:
+                raise self._fail("GetSystemDirectoryW")
+            if length < size:                         # the path's length, without the NUL
+                return buffer.value
+            size = length                             # the size it needs, with the NUL
 
     # advapi32 -------------------------------------------------------------------------------
     def open_sc_manager(self, access=SC_MANAGER_CONNECT):
@@ -491,25 +522,43 @@ def _milliseconds(seconds):
     return min(int(math.ceil(seconds * 1000.0)), _MAX_FINITE_MS)
 
 
+def _import_winapi():
+    try:
+        import _winapi       # CPython's own Windows calls (Windows only)
+    except ImportError:
+        return None
+    return _winapi
+
+
 class EventWaiter:
     """Waits until a capture device has data, :meth:`wake` is called, or a timeout passes.
 
-    *handles* are the events from ``pcap_getevent`` (owned by pcap: never closed here).  The
-    waiter adds its own manual-reset wake event, so one ``WaitForMultipleObjects`` covers up to
-    63 devices.  With more devices, the handles are split into chunks of 63 and each chunk (plus
-    the wake event) is waited on in turn for :data:`WAIT_SLICE_MS`: every wait blocks, so idle
-    costs no CPU, and :meth:`wake` still ends the wait at once; a device in a later chunk may be
-    noticed up to ``(chunks - 1) * WAIT_SLICE_MS`` late.
+    The device handles are the events from ``pcap_getevent`` (owned by pcap: never closed
+    here), set with :meth:`set_captures`.  The waiter adds its own manual-reset wake event, so
+    one wait covers up to :data:`WAIT_CHUNK` devices.  With more, the handles are split into
+    chunks and each chunk (plus the wake event) is waited on in turn for
+    :data:`WAIT_SLICE_MS`: every wait blocks, so idle costs no CPU, and :meth:`wake` still ends
+    the wait at once; a device in a later chunk may be noticed up to
+    ``(chunks - 1) * WAIT_SLICE_MS`` late.
 
+    *interval* (seconds, or None): the longest a wait may last before it returns True anyway,
+    for captures whose event is not signalled for every frame (Npcap without immediate mode).
+
+    Ctrl-C: on the main thread the wait goes through ``_winapi.WaitForMultipleObjects``, which
+    adds CPython's Ctrl-C event (a plain ctypes wait would never return to the interpreter, so
+    KeyboardInterrupt could not be raised); other threads wait through ctypes.
     Timeouts are never early: the waiter loops until a monotonic deadline has passed.
     Thread use: :meth:`wake` may be called from any thread; :meth:`close` only when no thread
     is inside :meth:`wait` (wake the waiter first).
     """
 
-    def __init__(self, api, handles=(), clock=time.monotonic):
+    def __init__(self, api, handles=(), clock=time.monotonic, interval=None, winapi=None):
         self._api = api
         self._clock = clock
         self._closed = False
+        self._interval_ms = None if interval is None else max(1, int(interval * 1000.0))
+        self._winapi = winapi if winapi is not None else _import_winapi()
+        self._main_thread = threading.main_thread().ident
         self._wake = api.create_event(manual_reset=True, initial_state=False)
         self._groups = []
         self.set_handles(handles)
@@ -522,6 +571,10 @@ class EventWaiter:
     def handles(self):
         return self._handles
 
+    def set_captures(self, captures):
+        """Wait on these captures' read events from now on."""
+        self.set_handles([capture.event_handle() for capture in captures])
+
     def set_handles(self, handles):
         """Replace the device handles (e.g. after devices were opened or closed)."""
         handles = tuple(handles)
@@ -530,41 +583,58 @@ class EventWaiter:
         groups = []
         for start in range(0, len(handles), WAIT_CHUNK):
             chunk = handles[start:start + WAIT_CHUNK] + (self._wake,)
-            groups.append((ctypes.c_void_p * len(chunk))(*chunk))
+            groups.append(((ctypes.c_void_p * len(chunk))(*chunk), chunk))
         if not groups:
-            groups.append((ctypes.c_void_p * 1)(self._wake))
+            groups.append(((ctypes.c_void_p * 1)(self._wake), (self._wake,)))
         self._handles = handles
         self._groups = groups
 
     def wait(self, timeout=None):
         """Block until an event is signalled (True) or *timeout* seconds passed (False).
 
-        ``timeout=None`` waits without limit; ``0`` polls once.  After :meth:`close`, returns
-        True at once.
+        ``timeout=None`` waits without limit; ``0`` polls once.  With an *interval*, True also
+        when that much time passed.  After :meth:`close`, returns True at once.
         """
         if self._closed:
             return True
         groups = self._groups
         single = len(groups) == 1
+        interval = self._interval_ms
+        step = WAIT_SLICE_MS if not single else interval      # None: one wait, no limit
+        if interval is not None and step is not None:
+            step = min(step, interval)
         deadline = None if timeout is None else self._clock() + max(0.0, float(timeout))
+        read_by = None if interval is None else self._clock() + interval / 1000.0
+        main = self._winapi is not None and threading.get_ident() == self._main_thread
         while True:
-            for group in groups:
+            for array, handles in groups:
                 if deadline is None:
-                    ms = INFINITE if single else WAIT_SLICE_MS
+                    ms = INFINITE if step is None else step
                 else:
                     ms = _milliseconds(deadline - self._clock())
-                    if not single:
-                        ms = min(ms, WAIT_SLICE_MS)
-                result = self._api.wait_for_multiple_objects(group, False, ms)
+                    if step is not None:
+                        ms = min(ms, step)
+                if main:
+                    try:
+                        result = self._winapi.WaitForMultipleObjects(handles, False, ms)
+                    except InterruptedError:
+                        # Ctrl-C: the pending handler raises KeyboardInterrupt as soon as the
+                        # interpreter runs again; a handler that returns lets the wait go on.
+                        continue
+                else:
+                    result = self._api.wait_for_multiple_objects(array, False, ms)
                 if result == WAIT_TIMEOUT:
                     continue
-                if (WAIT_OBJECT_0 <= result < WAIT_OBJECT_0 + len(group)
-                        or WAIT_ABANDONED_0 <= result < WAIT_ABANDONED_0 + len(group)):
+                if (WAIT_OBJECT_0 <= result < WAIT_OBJECT_0 + len(handles)
+                        or WAIT_ABANDONED_0 <= result < WAIT_ABANDONED_0 + len(handles)):
                     return True
                 raise OSError("WaitForMultipleObjects returned the unexpected value 0x%x"
                               % result)
-            if deadline is not None and self._clock() >= deadline:
+            now = self._clock()
+            if deadline is not None and now >= deadline:
                 return False
+            if read_by is not None and now >= read_by:
+                return True
 
     def wake(self):
         """Make the current and every later :meth:`wait` return True until :meth:`reset_wake`."""
