@@ -19,7 +19,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import netns as _netns  # noqa: E402  (tests/netns.py, importable as "netns" from the tests)
-import winemu as _winemu  # noqa: E402  (tests/winemu: the emulated Windows)
 
 REPO = _netns.REPO
 if REPO not in sys.path:
@@ -131,20 +130,22 @@ def netpair():
 @pytest.fixture(scope="session")
 def winemu_shims(tmp_path_factory):
     """The emulated Windows' C shims, compiled once per session (tests/winemu)."""
-    reason = _winemu.unavailable_reason()
+    import winemu
+    reason = winemu.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    return _winemu.shims(str(tmp_path_factory.mktemp("winemu-shims")))
+    return winemu.shims(str(tmp_path_factory.mktemp("winemu-shims")))
 
 
 @pytest.fixture
 def machine(winemu_shims, tmp_path):
     """``machine(**settings)``: a new emulated Windows install (see winemu.Machine)."""
+    import winemu
     made = []
 
     def make(**settings):
         root = tmp_path / ("machine%d" % len(made))
-        made.append(_winemu.Machine(str(root), winemu_shims, **settings))
+        made.append(winemu.Machine(str(root), winemu_shims, **settings))
         return made[-1]
     return make
 

@@ -10,14 +10,12 @@ they return.
 """
 
 import errno
-import signal
 import socket
 import threading
 import time
 
 import pytest
 
-import winemu
 from winemu import numbered, receive_all, send_udp
 
 pytestmark = [pytest.mark.windows_emulated, pytest.mark.live]

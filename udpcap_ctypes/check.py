@@ -196,8 +196,12 @@ class Environment:
         Raises ``OSError`` (``PermissionError`` when capturing is not allowed).
         """
         from ._capture import Capture
-        capture = Capture(library.fns, device.name, 256, 1 << 20, immediate=True,
-                          promiscuous=False, timeout_ms=1, libc=None)
+        from ._platform import current
+        try:
+            capture = Capture(library.fns, device.name, 256, 1 << 20, immediate=True,
+                              promiscuous=False, timeout_ms=1, libc=None)
+        except OSError as exc:
+            raise current(library).explain_open_error(exc) from None
         try:
             linktype = capture.linktype
         finally:
@@ -276,10 +280,11 @@ def check_windows(env, library):
     try:
         install = _win32.read_npcap_registry(env.registry())
     except OSError as exc:
-        checks.append(Check("Npcap registry", False,
+        # Not fatal: the loopback adapter is then known by its modern name only.
+        checks.append(Check("Npcap registry", True,
                             "cannot read HKLM\\%s: %s" % (_win32.NPCAP_SERVICE_KEY, exc),
-                            "Run this check from an elevated prompt; if it persists, reinstall "
-                            "Npcap from https://npcap.com/"))
+                            "Run this check from an elevated prompt to see Npcap's options",
+                            warning=True))
     if install is not None and not install.installed:
         detail = "Npcap is not installed (no HKLM\\%s key)" % _win32.NPCAP_SERVICE_KEY
         if install.winpcap_present:
@@ -384,17 +389,18 @@ def _check_elevation(env, api, install):
     try:
         elevated = _win32.is_elevated(api if api is not None else env.win32_api())
     except OSError as exc:
-        return Check("elevation", False, "Npcap is restricted to administrators (AdminOnly=1) "
+        return Check("elevation", True, "Npcap is restricted to administrators (AdminOnly=1) "
                      "and this process's elevation cannot be read: %s" % exc,
-                     "Run from an elevated prompt (Run as administrator)")
+                     _win32.ADMIN_ONLY_FIX, warning=True)
     if elevated:
         return Check("elevation", True, "Npcap is restricted to administrators (AdminOnly=1) "
                      "and this process is elevated", data={"elevated": True})
-    return Check("elevation", False, "Npcap is restricted to administrators (AdminOnly=1) and "
-                 "this process is not elevated: capturing will fail with access denied",
-                 "Run this program from an elevated prompt (Run as administrator), or "
-                 "reinstall Npcap without 'Restrict Npcap driver's access to Administrators "
-                 "only'", data={"elevated": False})
+    # Not a failure by itself: Npcap asks for elevation when capturing starts.  The device
+    # and self-test checks below say whether that was granted.
+    return Check("elevation", True, "Npcap is restricted to administrators (AdminOnly=1) and "
+                 "this process is not elevated: capturing starts Npcap's helper, whose User "
+                 "Account Control prompt must be accepted", _win32.ADMIN_ONLY_FIX,
+                 warning=True, data={"elevated": False})
 
 
 def parse_capabilities(status_text):
@@ -457,9 +463,8 @@ def is_loopback(env, device, install):
 def _open_fix(env, exc):
     if isinstance(exc, PermissionError):
         if env.windows:
-            return ("Run this program from an elevated prompt (Run as administrator), or "
-                    "reinstall Npcap without 'Restrict Npcap driver's access to "
-                    "Administrators only'")
+            from . import _win32
+            return _win32.ADMIN_ONLY_FIX
         return posix_permission_fix(env)
     if env.windows:
         return _service_fix(None)

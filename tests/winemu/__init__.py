@@ -103,7 +103,10 @@ class Machine:
     support, not admin-only, an elevated process):
 
     ``npcap``: "installed" (System32\\Npcap only), "compat" (also System32, WinPcap
-    API-compatible mode), or "missing" (no DLLs, no registry key, no service).
+    API-compatible mode), "winpcap" (a legacy WinPcap 4.1.3: System32 only, service npf, no
+    npcap key), or "missing" (no DLLs, no registry key, no service).
+    ``packet``: False leaves Packet.dll out of the Npcap folder.
+    ``registry_layout``: "pre-0.93" puts the options directly under the service key.
     ``service``: the npcap service state (4 running, 1 stopped).
     ``admin_only``, ``elevated``: the AdminOnly option and this process's elevation.
     ``uac``: what the user answers to Packet.dll's UAC prompt in admin-only mode: "accept",
@@ -118,7 +121,8 @@ class Machine:
     def __init__(self, root, shim_dir, npcap="installed", service=SERVICE_RUNNING,
                  admin_only=False, elevated=True, uac="accept", loopback_support=True,
                  legacy_loopback=None, pcap_init=True, locale=None, adapters=None,
-                 winpcap_service=False, registry_denied=False, scm_denied=False, extra=()):
+                 winpcap_service=False, registry_denied=False, scm_denied=False, packet=True,
+                 registry_layout="modern", extra=()):
         self.root = root
         self.shim_dir = shim_dir
         os.makedirs(root, exist_ok=True)
@@ -128,10 +132,15 @@ class Machine:
         self.system32 = os.path.join(root, "System32")
         lines = ["system32=" + self.system32]
         wpcap = "wpcap.so" if pcap_init else "wpcap_noinit.so"
-        if npcap != "missing":
-            self._install(self.system32 + "\\Npcap", wpcap)
+        if npcap == "winpcap":
+            self._install(self.system32, "wpcap_noinit.so", packet)
+            lines += ["lib_version=WinPcap version 4.1.3 (packet.dll version 4.1.0.2980)",
+                      "packet_version=4.1.0.2980", "loopback_support=0"]
+            winpcap_service = True
+        elif npcap != "missing":
+            self._install(self.system32 + "\\Npcap", wpcap, packet)
             if npcap == "compat":
-                self._install(self.system32, wpcap)
+                self._install(self.system32, wpcap, packet)
             lines += ["service.npcap=%d" % service, "regkey=" + NPCAP_KEY]
             parameters = {"AdminOnly": (4, int(admin_only)),
                           "LoopbackSupport": (4, int(loopback_support)),
@@ -140,8 +149,9 @@ class Machine:
             if legacy_loopback:
                 parameters["LoopbackAdapter"] = (1, "\\Device\\" + legacy_loopback)
                 lines.append("loopback_device=\\Device\\NPF_" + legacy_loopback)
+            key = NPCAP_KEY if registry_layout == "pre-0.93" else NPCAP_PARAMETERS
             for name, (kind, value) in sorted(parameters.items()):
-                lines.append("regval=%s|%s|%d|%s" % (NPCAP_PARAMETERS, name, kind, value))
+                lines.append("regval=%s|%s|%d|%s" % (key, name, kind, value))
             lines.append("admin_only=%d" % int(admin_only))
             lines.append("loopback_support=%d" % int(loopback_support))
         if winpcap_service:
@@ -161,10 +171,11 @@ class Machine:
         with open(self.profile, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 
-    def _install(self, directory, wpcap):
+    def _install(self, directory, wpcap, packet=True):
         os.makedirs(directory, exist_ok=True)     # for os.add_dll_directory
         shutil.copy(os.path.join(self.shim_dir, wpcap), directory + "\\wpcap.dll")
-        shutil.copy(os.path.join(self.shim_dir, "packet.so"), directory + "\\Packet.dll")
+        if packet:
+            shutil.copy(os.path.join(self.shim_dir, "packet.so"), directory + "\\Packet.dll")
 
     def environ(self, extra=None):
         env = dict(os.environ)

@@ -29,7 +29,7 @@ What "Windows" means here, at each boundary udpcap_ctypes crosses:
 import sys
 
 # Imported before sys.platform changes: they pick their implementation at import time.
-import asyncio  # noqa: F401
+import asyncio  # noqa: F401  (each picks its implementation at import)
 import codecs
 import ctypes
 import ctypes.util  # noqa: F401

@@ -103,6 +103,17 @@ EXPORT HANDLE winemu_handle_new(int kind, int manual_reset, int signalled, uintp
     return handle;
 }
 
+/* Handles still open, of one kind (0: all): for tests that a caller closes what it opens. */
+EXPORT int winemu_handle_count(int kind)
+{
+    int count = 0;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < SLOTS; i++)
+        count += slots[i].kind != WINEMU_FREE && (kind == 0 || slots[i].kind == kind);
+    pthread_mutex_unlock(&lock);
+    return count;
+}
+
 EXPORT int winemu_handle_kind(HANDLE handle)
 {
     pthread_mutex_lock(&lock);

@@ -60,6 +60,7 @@ enum winemu_kind { WINEMU_FREE = 0, WINEMU_EVENT, WINEMU_TOKEN, WINEMU_SCM, WINE
 /* kernel32.so internals that the other shims use (exported with a winemu_ prefix). */
 EXPORT HANDLE winemu_handle_new(int kind, int manual_reset, int signalled, uintptr_t data);
 EXPORT int winemu_handle_kind(HANDLE handle);
+EXPORT int winemu_handle_count(int kind);
 EXPORT uintptr_t winemu_handle_data(HANDLE handle);
 EXPORT void winemu_set_last_error(DWORD code);
 EXPORT DWORD WINAPI WaitForSingleObject(HANDLE handle, DWORD ms);
