@@ -35,7 +35,8 @@ POSIX_SONAMES = ("libpcap.so.1", "libpcap.so.0.8", "libpcap.so", "libpcap.A.dyli
 
 
 class LoaderOS:
-    """The real operating system, as the loader sees it.  Tests pass a stand-in."""
+    """The real operating system, as the loader sees it (subclassed by ``check`` to record
+    every probe)."""
 
     platform = sys.platform
     environ = os.environ

@@ -185,7 +185,7 @@ class WindowsPlatform(Platform):
 
     def __init__(self, library, api=None, registry=None, kickstart=None):
         """*api* (``_win32.Win32Api``), *registry* (``read_values(subkey)``) and *kickstart*
-        default to the real Windows ones; tests pass stand-ins."""
+        default to the real Windows ones."""
         super().__init__(library)
         from . import _win32
         self._win32 = _win32

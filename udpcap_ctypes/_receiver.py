@@ -94,6 +94,7 @@ class Receiver:
         self.coalescing = False
         self._last_fill = 0.0
         self.lost = []                  # captures whose device went away (closed on close())
+        self._lost_drops = 0            # their drop counts when they went
         self.failure = None             # (errno, text) once no capture is left to read
 
     # -- opening -----------------------------------------------------------------------------
@@ -231,17 +232,18 @@ class Receiver:
     def _apply_filter(self, opened):
         text = self.filter_expression(opened)
         if text != opened.filter_text:
-            if opened.filter_text is not None:
-                self._drain(opened)
             opened.capture.set_filter(text)
             opened.filter_text = text
 
     def _drain(self, opened):
-        """Queue the datagrams a capture holds before its filter is replaced.  Npcap discards
-        pending frames when the filter changes (and libpcap on Linux filters frames already in
-        the ring with the new filter); a socket would deliver what arrived before a join,
-        leave or loopback change.  The frames are copied out (``pending_records``) because
-        queued datagrams may still point into the batch reader's buffer."""
+        """Queue the datagrams a capture holds now, under the delivery rules in force.
+
+        Called before a join, leave or loopback change: Npcap discards pending frames when the
+        filter changes, libpcap on Linux filters frames still in the ring with the new filter,
+        and a socket delivers what was queued before the change.  The frames are copied out
+        (``pending_records``) because queued datagrams may still point into the batch
+        reader's buffer.
+        """
         records, count = opened.capture.pending_records()
         if count:
             self.stats.frames += count
@@ -255,6 +257,11 @@ class Receiver:
     def update(self, groups=None, multicast_loopback=None):
         """Swap groups and/or the loopback flag; refilter every capture (any thread)."""
         with self.io_lock:
+            for opened in list(self.captures):
+                try:
+                    self._drain(opened)
+                except PcapError as exc:
+                    self._lose(opened, exc)
             old = self.groups
             if groups is not None:
                 self.groups = frozenset(groups)
@@ -361,12 +368,14 @@ class Receiver:
         self.captures = [c for c in self.captures if c is not opened]
         self.lost.append(opened)
         self.stats.devices_lost += 1
+        self._lost_drops += opened.capture.drops()      # as last known: counters stay monotonic
         bound_here = self.bound_address and any(
             address == self.bound_address for address, _m, _b in opened.device.ipv4)
         if self.captures and not bound_here:
             log.warning("stopped capturing on %s (%s); receiving goes on on %s",
                         opened.device.name, exc, ", ".join(c.device.name for c in self.captures))
-            self.waiter.set_captures([c.capture for c in self.captures])
+            if self.waiter is not None:
+                self.waiter.set_captures([c.capture for c in self.captures])
             return
         self.captures = []
         self.failure = (errno.ENETDOWN, "cannot receive: the capture on %s failed (%s)%s. Fix: "
@@ -374,7 +383,8 @@ class Receiver:
                         % (opened.device.name, exc, "" if bound_here else
                            ", and no other device is left"))
         log.warning("%s", self.failure[1])
-        self.waiter.wake()              # every waiting receive returns and raises
+        if self.waiter is not None:
+            self.waiter.wake()          # every waiting receive returns and raises
 
     def _queue(self, opened, view, datagrams, now):
         """Apply the delivery rules to one parsed batch and queue what passes; True if any."""
@@ -460,8 +470,8 @@ class Receiver:
 
     def capture_drops(self):
         with self.io_lock:
-            return sum(c.capture.drops() for c in self.captures + self.lost
-                       if c.capture.handle)
+            return self._lost_drops + sum(c.capture.drops() for c in self.captures
+                                          if c.capture.handle)
 
     def close(self):
         """Release captures, waiter and kernel sockets.  Idempotent."""

@@ -7,7 +7,7 @@ tested) on any platform.  The OS is always reached through an object that is pas
   (:data:`WIN32_SIGNATURES`, in the C headers' own type names, turned into ctypes types in
   :data:`WIN32_PROTOTYPES`).  It creates *private* ``ctypes.WinDLL(..., use_last_error=True)``
   objects on first use, never the shared ``ctypes.windll.*`` (another library may declare other
-  argtypes there).  Tests pass stand-in DLL objects instead.
+  argtypes there).
 * :class:`WinregReader` -- ``HKEY_LOCAL_MACHINE`` values through the stdlib ``winreg``.
 * the ``socket`` module, for :func:`loopback_kickstart`.
 
@@ -101,7 +101,7 @@ class TOKEN_ELEVATION(ctypes.Structure):
 # --------------------------------------------------------------------------------------------
 # The one table of Win32 functions.  Types are the headers' own names (mingw-w64 / Windows SDK:
 # synchapi.h, handleapi.h, processthreadsapi.h, winsvc.h, securitybaseapi.h);
-# tests/test_windows_standin.py compiles every row against the mingw-w64 headers for Win64 and
+# tests/test_windows_tables.py compiles every row against the mingw-w64 headers for Win64 and
 # Win32.  kernel32/advapi32 are stdcall (WINAPI): ctypes.WinDLL.
 
 #: C type name -> ctypes type.
@@ -173,7 +173,7 @@ class Win32Api:
 
     *kernel32*, *advapi32* and *get_last_error* default to private
     ``ctypes.WinDLL(name, use_last_error=True)`` objects and ``ctypes.get_last_error``; they are
-    created on first use, so constructing this class never loads anything.  Tests pass stand-ins.
+    created on first use, so constructing this class never loads anything.
     """
 
     def __init__(self, kernel32=None, advapi32=None, get_last_error=None):

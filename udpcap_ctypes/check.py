@@ -16,9 +16,9 @@ Prints a short report a person can act on -- one line per check, each marked ✓
 ``--json`` prints everything as one JSON object; ``--verbose`` adds the BPF filters in force and
 the library search attempts.
 
-Structure: the checks are functions of an *environment* (:class:`Environment`, the real
-machine) that return :class:`Check` results; tests pass a stand-in environment to run the
-Windows branches on Linux.  :func:`main` only parses arguments, renders and picks the exit code.
+Structure: the checks are functions of an *environment* (:class:`Environment`, the machine's
+operating system) that return :class:`Check` results.  :func:`main` only parses arguments,
+renders and picks the exit code.
 """
 
 import argparse
@@ -96,7 +96,7 @@ class Options:
 
 
 # --------------------------------------------------------------------------------------------
-# The environment: the real machine.  Tests pass a stand-in with the same methods.
+# The environment: the machine's operating system, in one place.
 
 class _RecordingLoaderOS(_loader.LoaderOS):
     """A :class:`~._loader.LoaderOS` that remembers every file probe and load, for --verbose."""
@@ -126,12 +126,8 @@ class _RecordingLoaderOS(_loader.LoaderOS):
 
 
 class Environment:
-    """The operating system as the checks see it.
-
-    Stand-ins override the methods: ``load_library``, ``library_attempts``, ``win32_api``
-    (an object with the :class:`._win32.Win32Api` methods that ``service_state`` and
-    ``is_elevated`` call), ``registry`` (an object with ``read_values(subkey)``),
-    ``geteuid``, ``proc_status``, ``python_path``, ``find_devices``, ``probe_device``.
+    """The operating system as the checks see it: the capture library, the Win32 calls and
+    registry (Windows), the process's identity (POSIX), the devices and the self-test socket.
     """
 
     def __init__(self, platform=None, environ=None):

@@ -1,6 +1,6 @@
 """UdpcapSocket: the receive side of ``socket.socket(AF_INET, SOCK_DGRAM)`` over packet capture.
 
-The contract is ``shared/API.md``: where it is silent, behave like a Python UDP socket.
+The contract is ``docs/API.md``: where it is silent, behave like a Python UDP socket.
 Frames are captured with Npcap/libpcap and parsed in user space, so on Windows the traffic never
 passes through Winsock and the Defender firewall's per-datagram cost (MpsSvc in tcpip.sys).
 """
@@ -209,7 +209,7 @@ class UdpcapSocket:
     # -- binding -----------------------------------------------------------------------------
 
     def bind(self, address):
-        """Open the captures for ``(host, port)``; see ``shared/API.md`` for host forms."""
+        """Open the captures for ``(host, port)``; see ``docs/API.md`` for host forms."""
         self._check_open()
         if not isinstance(address, tuple) or len(address) != 2:
             raise TypeError("bind(): AF_INET address must be tuple, not %s"

@@ -174,6 +174,7 @@ static const char *ansi_copy(const char *utf8)
 /* ------------------------------------------------------------------------------------------ */
 /* Library */
 
+/* pcap.c pcap_lib_version in Npcap's build: "Npcap version X, based on libpcap version Y". */
 EXPORT const char *pcap_lib_version(void)
 {
     const char *version = winemu_profile_get("lib_version");
@@ -200,6 +201,7 @@ EXPORT int pcap_init(unsigned int opts, char *errbuf)
 }
 #endif
 
+/* Portable parts of libpcap (pcap.c, dlt names): the real libpcap's answers. */
 EXPORT const char *pcap_statustostr(int status) { return npf_real()->statustostr(status); }
 
 EXPORT const char *pcap_datalink_val_to_name(int dlt)
@@ -210,6 +212,7 @@ EXPORT const char *pcap_datalink_val_to_name(int dlt)
 /* ------------------------------------------------------------------------------------------ */
 /* Handles */
 
+/* pcap.c pcap_create: no device check until activation (pcap-npf.c pcap_create_interface). */
 EXPORT emu_t *pcap_create(const char *source, char *errbuf)
 {
     if (source == NULL) {
@@ -232,6 +235,7 @@ static emu_t *wrap_real(pcap_t *real)
     return p;
 }
 
+/* Savefiles and dead handles are portable libpcap: passed through, headers converted. */
 EXPORT emu_t *pcap_open_offline(const char *fname, char *errbuf)
 {
     pcap_t *real = npf_real()->open_offline(fname, errbuf);
@@ -252,6 +256,7 @@ EXPORT emu_t *pcap_open_dead(int linktype, int snaplen)
         }                                                                                      \
     } while (0)
 
+/* pcap.c pcap_set_*: options stored before activation; PCAP_ERROR_ACTIVATED after. */
 EXPORT int pcap_set_snaplen(emu_t *p, int snaplen) { NOT_ACTIVE_SETTER(p); p->snaplen = snaplen; return 0; }
 EXPORT int pcap_set_promisc(emu_t *p, int promisc) { NOT_ACTIVE_SETTER(p); p->promisc = promisc; return 0; }
 EXPORT int pcap_set_timeout(emu_t *p, int ms) { NOT_ACTIVE_SETTER(p); p->timeout = ms; return 0; }
@@ -314,6 +319,7 @@ bad:
     return PCAP_ERROR;
 }
 
+/* pcap.c pcap_activate around pcap-npf.c pcap_activate_npf (activate_npf above). */
 EXPORT int pcap_activate(emu_t *p)
 {
     if (p->activated)
@@ -324,6 +330,7 @@ EXPORT int pcap_activate(emu_t *p)
     return status;
 }
 
+/* pcap_cleanup_npf: PacketCloseAdapter (sets and closes the read event) and free. */
 EXPORT void pcap_close(emu_t *p)
 {
     if (p == NULL)
@@ -336,6 +343,7 @@ EXPORT void pcap_close(emu_t *p)
     free(p);
 }
 
+/* pcap.c pcap_geterr: the handle's errbuf. */
 EXPORT char *pcap_geterr(emu_t *p)
 {
     if (p->kind == REAL)
@@ -343,6 +351,7 @@ EXPORT char *pcap_geterr(emu_t *p)
     return p->errbuf;
 }
 
+/* pcap-npf.c pcap_setnonblock_npf: read timeout -1 (no wait in PacketReceivePacket). */
 EXPORT int pcap_setnonblock(emu_t *p, int nonblock, char *errbuf)
 {
     (void)errbuf;
@@ -352,6 +361,7 @@ EXPORT int pcap_setnonblock(emu_t *p, int nonblock, char *errbuf)
     return 0;
 }
 
+/* pcap.c: PCAP_ERROR_NOT_ACTIVATED before activation; the medium's DLT after. */
 EXPORT int pcap_datalink(emu_t *p)
 {
     if (!p->activated)
@@ -369,6 +379,7 @@ EXPORT int pcap_snapshot(emu_t *p)
 /* ------------------------------------------------------------------------------------------ */
 /* Filters */
 
+/* gencode.c pcap_compile: needs an activated handle (its link type and snaplen). */
 EXPORT int pcap_compile(emu_t *p, struct bpf_program *program, const char *text, int optimize,
                         bpf_u_int32 netmask)
 {
@@ -383,8 +394,10 @@ EXPORT int pcap_compile(emu_t *p, struct bpf_program *program, const char *text,
     return 0;
 }
 
+/* pcap_freecode: frees what the real pcap_compile allocated. */
 EXPORT void pcap_freecode(struct bpf_program *program) { npf_real()->freecode(program); }
 
+/* pcap-npf.c pcap_setfilter_npf: PacketSetBpf (driver: flush + zero counters), p->cc = 0. */
 EXPORT int pcap_setfilter(emu_t *p, struct bpf_program *program)
 {
     if (p->kind == REAL)
@@ -480,6 +493,7 @@ static void oneshot(u_char *user, const struct win_pkthdr *hdr, const u_char *da
     *s->data = data;
 }
 
+/* pcap.c pcap_next_ex: read_op(p, 1, oneshot) -- one record from the user buffer. */
 EXPORT int pcap_next_ex(emu_t *p, const struct win_pkthdr **hdr, const u_char **data)
 {
     if (p->kind == REAL) {
@@ -510,6 +524,7 @@ static void from_real(u_char *user, const struct pcap_pkthdr *hdr, const u_char 
     t->callback(t->user, &win, data);
 }
 
+/* pcap.c pcap_dispatch: read_op(p, cnt, callback) = pcap_read_npf. */
 EXPORT int pcap_dispatch(emu_t *p, int count, win_handler callback, u_char *user)
 {
     if (p->kind == REAL) {
@@ -521,6 +536,7 @@ EXPORT int pcap_dispatch(emu_t *p, int count, win_handler callback, u_char *user
     return read_npf(p, count, callback, user);
 }
 
+/* pcap-npf.c pcap_breakloop_npf: break_loop = 1 and SetEvent(read event). */
 EXPORT void pcap_breakloop(emu_t *p)
 {
     p->break_loop = 1;
@@ -528,6 +544,7 @@ EXPORT void pcap_breakloop(emu_t *p)
         winemu_event_set(npf_read_event(p->open));     /* pcap_breakloop_npf */
 }
 
+/* pcap-npf.c pcap_stats_npf: PacketGetStats (BIOCGSTATS). */
 EXPORT int pcap_stats(emu_t *p, struct win_pcap_stat *ps)
 {
     if (p->kind == REAL)
@@ -558,6 +575,8 @@ EXPORT void pcap_dump_close(pcap_dumper_t *dumper) { npf_real()->dump_close(dump
 /* ------------------------------------------------------------------------------------------ */
 /* Windows extensions */
 
+/* pcap-npf.c pcap_getevent_npf: Packet.dll's read event; INVALID_HANDLE_VALUE before
+ * activation (pcap_getevent_not_initialized). */
 EXPORT HANDLE pcap_getevent(emu_t *p)
 {
     if (p->kind != LIVE || !p->activated)
@@ -565,6 +584,7 @@ EXPORT HANDLE pcap_getevent(emu_t *p)
     return npf_read_event(p->open);
 }
 
+/* pcap-npf.c pcap_setmintocopy_npf: BIOCSMINTOCOPY stores the value, nothing else. */
 EXPORT int pcap_setmintocopy(emu_t *p, int size)
 {
     if (!p->activated)
@@ -577,6 +597,7 @@ EXPORT int pcap_setmintocopy(emu_t *p, int size)
     return 0;
 }
 
+/* pcap-npf.c pcap_setbuff_npf: BIOCSETBUFFERSIZE (bytes) resets buffer and counters. */
 EXPORT int pcap_setbuff(emu_t *p, int dim)
 {
     if (!p->activated)
@@ -588,6 +609,8 @@ EXPORT int pcap_setbuff(emu_t *p, int dim)
     return 0;
 }
 
+/* pcap-npf.c pcap_oid_get_request_npf -> PacketRequest: the MAC OID on adapters; the
+ * loopback adapter answers no 802.3 OID (ERROR_INVALID_FUNCTION); -1 with the text. */
 EXPORT int pcap_oid_get_request(emu_t *p, bpf_u_int32 oid, void *data, size_t *lenp)
 {
     if (!p->activated)
@@ -677,6 +700,9 @@ static int adapters_listed(void)
     return 1;
 }
 
+/* pcap-npf.c pcap_platform_finddevs over Packet.dll PacketGetAdapterNames: each
+ * namespace interface as \Device\NPF_{GUID} (description in the ANSI code page, Windows
+ * sockaddr families), then the loopback adapter. */
 EXPORT int pcap_findalldevs(pcap_if_t **alldevs, char *errbuf)
 {
     pcap_if_t *linux_devs = NULL, *head = NULL, **tail = &head;
