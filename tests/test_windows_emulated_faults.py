@@ -351,6 +351,30 @@ def test_not_immediate_mode_delivers_lone_datagrams_and_bursts(machine, netpair)
     assert result["burst"] == [p.decode() for p in numbered(300)]
 
 
+def emulated_mintocopy(port):
+    import ctypes
+
+    from udpcap_ctypes import UdpcapSocket, _loader
+    library = _loader.get_library()
+    probe = ctypes.CDLL(library.path).winemu_pcap_mintocopy
+    probe.restype = ctypes.c_long
+    probe.argtypes = [ctypes.c_void_p]
+    out = {}
+    for immediate in (True, False):
+        with UdpcapSocket(immediate=immediate) as sock:
+            sock.bind(("0.0.0.0", port))
+            out[str(immediate)] = sorted({probe(c.capture.handle)
+                                          for c in sock._receiver.captures})
+    return out
+
+
+def test_the_driver_keeps_libpcaps_mintocopy_in_both_modes(machine, netpair):
+    """pcap_activate_npf sets MinToCopy 0 in immediate mode and 16000 without it; setting it
+    again from the package would turn immediate=False into immediate mode."""
+    result = machine().call(netpair.a, emulated_mintocopy, port=_free_port())
+    assert result == {"True": [0], "False": [16000]}
+
+
 # --------------------------------------------------------------------------------------------
 # 6. Strings in the ANSI code page
 

@@ -500,6 +500,14 @@ EXPORT void npf_set_mintocopy(struct npf_open *o, long size)
     pthread_mutex_unlock(&o->lock);
 }
 
+EXPORT long npf_mintocopy(struct npf_open *o)
+{
+    pthread_mutex_lock(&o->lock);
+    long size = o->mintocopy;
+    pthread_mutex_unlock(&o->lock);
+    return size;
+}
+
 EXPORT void npf_set_snaplen(struct npf_open *o, int snaplen)
 {
     pthread_mutex_lock(&o->lock);

@@ -75,6 +75,7 @@ EXPORT int npf_linktype(struct npf_open *o);
 EXPORT DWORD npf_set_hw_filter(struct npf_open *o, int promiscuous);  /* 0 or a Win32 error */
 EXPORT int npf_set_buffer(struct npf_open *o, long size);            /* BIOCSETBUFFERSIZE */
 EXPORT void npf_set_mintocopy(struct npf_open *o, long size);         /* BIOCSMINTOCOPY */
+EXPORT long npf_mintocopy(struct npf_open *o);                        /* for the tests */
 EXPORT void npf_set_snaplen(struct npf_open *o, int snaplen);
 EXPORT int npf_set_filter(struct npf_open *o, const struct bpf_insn *insns, unsigned count);
 EXPORT long npf_read(struct npf_open *o, uint8_t *buffer, unsigned long size, DWORD *error);

@@ -597,6 +597,12 @@ EXPORT int pcap_setmintocopy(emu_t *p, int size)
     return 0;
 }
 
+/* Not a wpcap export: lets the tests read the driver's MinToCopy of a live handle. */
+EXPORT long winemu_pcap_mintocopy(emu_t *p)
+{
+    return p->kind == LIVE && p->open ? npf_mintocopy(p->open) : -1;
+}
+
 /* pcap-npf.c pcap_setbuff_npf: BIOCSETBUFFERSIZE (bytes) resets buffer and counters. */
 EXPORT int pcap_setbuff(emu_t *p, int dim)
 {
