@@ -237,26 +237,15 @@ def parse_result(proc):
 # --------------------------------------------------------------------------------------------
 # Helpers for the functions that run inside the emulated Windows
 
-def send_udp(namespace_name, destination, payloads, interval=0.0, source=None, ttl=None,
-             multicast_interface=None, connect=False):
+def send_udp(namespace_name, destination, payloads, interval=0.0, multicast_interface=None,
+             connect=False):
     """Send *payloads* to *destination* from a plain socket created in namespace
     *namespace_name* (another "host"), or in this process's own namespace when None."""
-    import contextlib
-    import socket
     import time
 
-    import netns
-    context = netns.in_namespace(namespace_name) if namespace_name else contextlib.nullcontext()
-    with context:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        if source is not None:
-            sock.bind(source)
-        if ttl is not None:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
-        if multicast_interface is not None:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
-                            socket.inet_aton(multicast_interface))
+    from test_socket_support import udp_socket
+    sock = udp_socket(namespace_name, multicast_if=multicast_interface)
+    with sock:
         if connect:
             sock.connect(destination)
         for payload in payloads:
@@ -266,8 +255,6 @@ def send_udp(namespace_name, destination, payloads, interval=0.0, source=None, t
                 sock.sendto(payload, destination)
             if interval:
                 time.sleep(interval)
-    finally:
-        sock.close()
 
 
 def receive_all(sock, count, timeout=2.0, bufsize=65536):
