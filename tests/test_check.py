@@ -195,17 +195,67 @@ def test_check_as_nobody_without_capabilities_fails_with_permission_error_and_se
 
 
 @pytest.mark.live
-def test_check_as_nobody_with_only_net_raw_and_net_admin_capabilities_passes(nobody_tree,
-                                                                             netns):
+@pytest.mark.parametrize("caps", ["+net_raw,+net_admin", "+net_raw"])
+def test_check_as_nobody_with_capabilities_passes_and_the_verdict_follows_the_self_test(
+        nobody_tree, netns, caps):
+    """Only CAP_NET_RAW is needed (libpcap sets promiscuous mode through the packet socket):
+    with it alone the check used to print "receiving does NOT work" after both self-tests had
+    passed.  The capabilities sit on a shared interpreter here, which the check points out."""
     python, directory = nobody_tree
-    caps = "+net_raw,+net_admin"
     proc = run_check(["--count", "50"], env_extra={"PYTHONPATH": directory}, python=python,
                      cwd=directory, prefix=netns.exec_argv(
                          SETPRIV + ["--inh-caps=" + caps, "--ambient-caps=" + caps]))
     assert proc.returncode == 0, _describe(proc)
-    assert "✓ privileges: running as uid 65534 with CAP_NET_RAW and CAP_NET_ADMIN" \
-        in proc.stdout
+    if caps == "+net_raw":
+        assert ("! privileges: running as uid 65534 with CAP_NET_RAW (CAP_NET_ADMIN is not "
+                "needed: libpcap sets promiscuous mode through the packet socket)") in proc.stdout
+    else:
+        assert "! privileges: running as uid 65534 with CAP_NET_RAW and CAP_NET_ADMIN" \
+            in proc.stdout
+    assert ("    fix: The capabilities come with %s. Note: %s is a shared interpreter"
+            % (os.path.realpath(python), os.path.realpath(python))) in proc.stdout
+    assert "python3 -m venv --copies DIR" in proc.stdout
     assert "self-test: 50/50 datagrams received" in proc.stdout
+    assert proc.stdout.rstrip().endswith("✓ receiving works on this machine")
+
+
+@pytest.fixture
+def venvs(nobody_tree):
+    """Two venvs of the interpreter user nobody can run, in a folder nobody can read: a
+    default one (python3 links to the shared interpreter) and one made with --copies (a
+    private interpreter)."""
+    python, directory = nobody_tree
+    folder = tempfile.mkdtemp(prefix="udpcap-venvs-")
+    try:
+        os.chmod(folder, 0o755)
+        made = {}
+        for kind, extra in (("linked", []), ("copies", ["--copies"])):
+            path = os.path.join(folder, kind)
+            subprocess.run([python, "-m", "venv", "--without-pip"] + extra + [path],
+                           check=True, timeout=120)
+            made[kind] = os.path.join(path, "bin", "python3")
+        subprocess.run(["chmod", "-R", "a+rX", folder], check=True)
+        yield made, directory
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("kind", ["linked", "copies"])
+def test_the_setcap_advice_warns_about_a_shared_interpreter(venvs, netns, kind):
+    """A default venv's python3 resolves to the system's interpreter: setcap there reaches
+    every script.  Only ``venv --copies`` gives a private one, which the fix then names."""
+    pythons, directory = venvs
+    python = pythons[kind]
+    proc = run_check(["--count", "5"], env_extra={"PYTHONPATH": directory}, python=python,
+                     cwd=directory, prefix=netns.exec_argv(SETPRIV + ["--inh-caps=-all"]))
+    assert proc.returncode != 0, _describe(proc)
+    setcap = "sudo setcap cap_net_raw,cap_net_admin+eip %s" % os.path.realpath(python)
+    assert setcap in proc.stdout
+    shared = "is a shared interpreter" in proc.stdout
+    assert shared is (kind == "linked"), _describe(proc)
+    if kind == "copies":
+        assert os.path.realpath(python) == python      # the venv's own file
 
 
 # --- multicast: only inside test-created namespaces ------------------------------------------
@@ -297,5 +347,5 @@ def test_split_fix_separates_problem_and_fix():
 
 def test_posix_permission_fix_names_the_real_python_path_for_setcap():
     fix = check.posix_permission_fix(check.Environment(platform="linux"))
-    assert fix.split(": ", 1)[1] == ("sudo setcap cap_net_raw,cap_net_admin+eip %s"
-                                     % os.path.realpath(sys.executable))
+    assert fix.split(": ", 1)[1].split(". ", 1)[0] == (
+        "sudo setcap cap_net_raw,cap_net_admin+eip %s" % os.path.realpath(sys.executable))

@@ -320,6 +320,7 @@ class ListCapture:
 
 class Device:
     name = "fuzz0"
+    ipv4 = [(LOCAL, 0xFFFFFF00, 0)]
 
 
 class FakePosixPlatform:
@@ -387,7 +388,7 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
     receiver.port = PORT
     receiver.bound_address = 0
     receiver.local_addresses = frozenset({LOCAL, 0xFFFFFFFF})
-    receiver.groups = frozenset({GROUP})
+    receiver._set_memberships({(GROUP, 0)})
     cap = inspect.signature(Reassembler.__init__).parameters["max_bytes"].default
     watch = {"max_pending": 0, "cap": cap, "read": 0}
 

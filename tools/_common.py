@@ -281,6 +281,19 @@ def open_receiver(use_socket, bind, groups=(), loopback=True, rcvbuf=None, timeo
     return sock
 
 
+def ring_frames(sock):
+    """Frames the capture ring of a bound UdpcapSocket holds (the smallest of its devices),
+    where slots fix that (Linux immediate mode); None otherwise and for a plain socket."""
+    receiver = getattr(sock, "_receiver", None)
+    if receiver is None:
+        return None
+    counts = [receiver.platform.ring_frames(c.capture.buffer_size, c.capture.snaplen,
+                                            receiver.options.immediate)
+              for c in receiver.captures]
+    counts = [n for n in counts if n]
+    return min(counts) if counts else None
+
+
 def receiver_statistics(sock):
     """The receiver's own counters as a dict ({} for a plain socket or an older UdpcapSocket)."""
     stats = getattr(sock, "statistics", None)

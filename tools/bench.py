@@ -131,8 +131,9 @@ def open_bench_receiver(name, host, port, rcvbuf, iface):
                 except timeout_exc:
                     return None
                 return data, len(data)
+        ring = _common.ring_frames(sock)
         return BenchReceiver(recv_one, sock.settimeout, sock.close,
-                             lambda: _common.receiver_statistics(sock))
+                             lambda: dict(_common.receiver_statistics(sock), ring_frames=ring))
     if name == "pypcap+dpkt":
         return _open_pypcap(host, port, rcvbuf, iface)
     if name == "scapy":
@@ -779,6 +780,8 @@ def summarize(runs):
                 "drain_rate": _common.median(r["rate"] for r in drain),
                 "cpu_us_per_datagram": _common.median(r["cpu_us"] for r in drain),
                 "drops": _common.median(r["drops"] for r in drain),
+                "ring_frames": next((r["counters"].get("ring_frames") for r in drain
+                                     if r.get("counters", {}).get("ring_frames")), None),
                 "duplicates": _common.median(r["duplicates"] for r in drain),
                 "latency_p50_us": _common.median(r["p50_us"] for r in lat),
                 "latency_p99_us": _common.median(r["p99_us"] for r in lat),
@@ -1096,6 +1099,12 @@ def main(argv=None):
         if any(row["drops"] for row in rows):
             print("drops: datagrams of the drain run that did not fit the receiver's buffer "
                   "(--rcvbuf %d) while it was not reading" % args.rcvbuf)
+            for row in rows:
+                if row["drops"] and row.get("ring_frames"):
+                    print("  %s %d B: %.0f dropped; its capture ring holds %s frames "
+                          "(immediate mode on Linux: one slot a frame, sized from the MTU)"
+                          % (row["receiver"], row["size"], row["drops"],
+                             "{:,}".format(row["ring_frames"])))
         if args.stream:
             print()
             print("stream (read while the sender sends at the socket's sustainable rate for "

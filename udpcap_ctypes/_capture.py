@@ -129,6 +129,7 @@ class Capture:
                  timeout_ms=1, libc=None, filter_resets_counters=False):
         self._fns = fns
         self.device_name = device_name
+        self.buffer_size = buffer_size
         # Npcap zeroes its counters on every new filter: drops before it are kept in a base.
         self._filter_resets_counters = filter_resets_counters
         self._drops_base = 0

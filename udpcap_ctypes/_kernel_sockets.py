@@ -3,11 +3,12 @@
 * :class:`MembershipHolder`: one socket per joined group, bound to an unused port, that keeps a
   kernel membership so the NIC and IGMP-snooping switches keep delivering the group.  Without it
   a capture sees a group only while some other program on the host happens to be a member.
-* :class:`PortGuard`: an opt-in socket bound to the captured port, so the kernel stops answering
-  every unicast datagram with ICMP port-unreachable (which halves a local sender's rate and makes
-  a connected sender see ECONNREFUSED).  The kernel queues datagrams into its tiny buffer and
-  drops the rest; on Windows that puts Winsock back in the path, which is why it is opt-in.
-  One guard per address and port serves every socket of the process.
+* :class:`PortGuard`: a socket bound to the captured port, so the kernel stops answering every
+  unicast datagram with ICMP port-unreachable (which halves a local sender's rate and makes a
+  connected sender see ECONNREFUSED and lose datagrams).  The kernel queues datagrams into its
+  tiny buffer and drops the rest: little work on POSIX, where it is on by default; on Windows it
+  puts Winsock and the firewall back on the unicast path, so there it is opt-in.  One guard per
+  address and port serves every socket of the process.
 """
 
 import errno
@@ -31,23 +32,25 @@ class MembershipHolder:
     def __init__(self, interface_addresses):
         # ints; 0 means "let the kernel choose the interface by its routes"
         self._interfaces = list(interface_addresses) or [0]
-        self._sockets = {}
+        self._sockets = {}                 # (group, interface) -> socket
 
-    def join(self, group):
-        if group in self._sockets:
+    def join(self, group, interface=0):
+        """Hold *group* on *interface* (an address), or on every interface when 0."""
+        key = (group, interface)
+        if key in self._sockets:
             return
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MIN_RCVBUF)
             sock.bind(("0.0.0.0", 0))        # an unused port: it never sees our traffic
             joined = 0
-            for interface in self._interfaces:
-                mreq = struct.pack("!II", group, interface)
+            for address in ([interface] if interface else self._interfaces):
+                mreq = struct.pack("!II", group, address)
                 try:
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
                     joined += 1
                 except OSError as exc:
-                    log.debug("membership %s on %s: %s", _ip(group), _ip(interface), exc)
+                    log.debug("membership %s on %s: %s", _ip(group), _ip(address), exc)
             if not joined:
                 log.warning("could not hold a kernel membership of %s on any interface; the "
                             "group may only arrive while another program is a member",
@@ -55,25 +58,29 @@ class MembershipHolder:
         except BaseException:
             sock.close()
             raise
-        self._sockets[group] = sock
+        self._sockets[key] = sock
 
-    def leave(self, group):
-        sock = self._sockets.pop(group, None)
+    def leave(self, group, interface=0):
+        sock = self._sockets.pop((group, interface), None)
         if sock is not None:
             sock.close()        # closing drops the membership
 
     def close(self):
-        for group in list(self._sockets):
-            self.leave(group)
+        for group, interface in list(self._sockets):
+            self.leave(group, interface)
 
 
 class PortGuard:
     """A never-read kernel socket on the captured port, shared by every socket of this process
     that asks for one on the same address and port (:meth:`acquire` / :meth:`close`).
 
-    *options* are the platform's ``(level, option, value)`` socket options: POSIX shares the
-    port with SO_REUSEADDR; Windows binds without options, because SO_REUSEADDR there lets a
-    socket take a port from the program that holds it.
+    It binds only where no other socket holds the port (then that socket keeps the kernel from
+    answering), never taking datagrams from it: first without any option, so the bind fails
+    while the port is held; then, on POSIX, SO_REUSEADDR is set, so that a program binding the
+    port later with SO_REUSEADDR still can -- and Linux gives unicast to the socket bound last,
+    so the guard never takes that program's datagrams either.  Never SO_REUSEPORT, which load
+    balances.  *options* are the platform's ``(level, option, value)`` options set after the
+    bind (Windows: none, since SO_REUSEADDR there lets a socket take a port that is held).
     """
 
     _lock = threading.Lock()
@@ -84,26 +91,33 @@ class PortGuard:
         self.users = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            for level, option, value in options:
-                self._sock.setsockopt(level, option, value)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MIN_RCVBUF)
             self._sock.bind((address, port))
-        except OSError as exc:
-            self._sock.close()
-            raise OSError(exc.errno, "port_guard=True: the guard socket cannot bind to %s:%d "
-                          "(%s)%s" % (address, port, exc.strerror or exc,
-                                      _GUARD_IN_USE if exc.errno == errno.EADDRINUSE else ""),
-                          ) from None
+            for level, option, value in options:
+                self._sock.setsockopt(level, option, value)
         except BaseException:
             self._sock.close()
             raise
 
     @classmethod
-    def acquire(cls, address, port, options):
+    def acquire(cls, address, port, options, required=False):
+        """The guard for *address*:*port*, or None when another socket holds the port (no
+        guard is needed then).  With *required*, that is an OSError saying so."""
         with cls._lock:
             guard = cls._shared.get((address, port))
             if guard is None:
-                guard = cls._shared[(address, port)] = cls(address, port, options)
+                try:
+                    guard = cls(address, port, options)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE and not required:
+                        log.debug("no port guard on %s:%d: another socket holds the port",
+                                  address, port)
+                        return None
+                    raise OSError(exc.errno, "port_guard=True: the guard socket cannot bind to "
+                                  "%s:%d (%s)%s" % (address, port, exc.strerror or exc,
+                                                    _GUARD_IN_USE if exc.errno ==
+                                                    errno.EADDRINUSE else "")) from None
+                cls._shared[(address, port)] = guard
             guard.users += 1
             return guard
 

@@ -12,7 +12,8 @@ Strings from wpcap.dll are UTF-8 once ``pcap_init(PCAP_CHAR_ENC_UTF_8)`` succeed
 and newer), in the ANSI code page otherwise; adapter descriptions always are in the ANSI code
 page.  Cygwin/MSYS2 Pythons are refused: they are not Windows to ctypes (a C ``long`` is 64-bit
 there) and have no ``winreg`` or ``_winapi``.  Elsewhere: ``ctypes.util.find_library`` and the
-usual sonames.  ``UDPCAP_CTYPES_LIBPCAP`` overrides all of it with one path.
+usual sonames.  ``UDPCAP_CTYPES_LIBPCAP`` overrides all of it with one path (set but empty, it
+counts as unset).
 
 The file-system and DLL calls go through a small OS layer (:class:`LoaderOS`).
 """
@@ -99,6 +100,11 @@ class CaptureLibrary:
         return "<CaptureLibrary %s %r from %s>" % (self.kind, self.version, self.path)
 
 
+def override_path(environ):
+    """The library path ``UDPCAP_CTYPES_LIBPCAP`` names, or None (unset or empty)."""
+    return environ.get(ENV_OVERRIDE) or None
+
+
 def windows_candidates(oslayer):
     """Ordered ``(kind, wpcap_path, packet_path_or_None, dll_dir)`` tuples to try on Windows."""
     system32 = oslayer.system_directory().rstrip("\\/")
@@ -144,7 +150,7 @@ def load_library(oslayer=None):
             "Fix: %s" % (oslayer.platform, install_fix(oslayer)))
     windows = family == _structs.WINDOWS
     tried = []
-    override = oslayer.environ.get(ENV_OVERRIDE)
+    override = override_path(oslayer.environ)
     if override is not None:
         return _load_one(oslayer, "override", override, None, None, windows, tried,
                          fix="%s=%r is set: point it at a capture library or unset it"

@@ -286,5 +286,6 @@ def permission_fix():
         from ._win32 import ADMIN_ONLY_FIX
         return ADMIN_ONLY_FIX
     return ("Capturing needs root or the capabilities CAP_NET_RAW and CAP_NET_ADMIN: run as root, "
-            "or grant them once with: sudo setcap cap_net_raw,cap_net_admin+eip "
-            "$(readlink -f $(command -v python3))")
+            "or grant them to a private copy of the interpreter (python3 -m venv --copies DIR; "
+            "sudo setcap cap_net_raw,cap_net_admin+eip DIR/bin/python3), not to the system's "
+            "python3, which every script shares; python3 -m udpcap_ctypes.check says more")

@@ -74,6 +74,11 @@ class Platform:
         """Capture buffer bytes to ask libpcap for, given the user's *requested* size."""
         return requested
 
+    def ring_frames(self, ring, snaplen, immediate):
+        """How many frames a capture buffer of *ring* bytes holds, when that is fixed by
+        slots (Linux immediate mode); None where frames are packed by their length."""
+        return None
+
     def own_macs(self, device, capture):
         return ()
 
@@ -104,6 +109,26 @@ class Platform:
     def make_waiter(self, captures, immediate):
         """An object with ``wait(timeout)``, ``wake()``, ``set_captures(captures)``, ``close()``."""
         raise NotImplementedError
+
+    def port_guard_default(self):
+        """Options.port_guard when the user does not choose (see _kernel_sockets.PortGuard)."""
+        return True
+
+    def make_readiness(self):
+        """The object behind ``UdpcapSocket.fileno()`` (see :class:`Readiness`)."""
+        return Readiness()
+
+    def interface_address(self, index):
+        """The IPv4 address (text) of the interface with this index (an ``ip_mreqn``'s)."""
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            name = None
+        answer = _interface_ioctl(name, _SIOCGIFADDR) if name else None
+        if answer is None:
+            raise OSError(errno.ENODEV, "no interface with index %d has an IPv4 address"
+                          % index)
+        return socket.inet_ntoa(bytes(answer[20:24]))          # ifr_addr.sin_addr
 
 
 class PosixPlatform(Platform):
@@ -148,8 +173,20 @@ class PosixPlatform(Platform):
     def ring_size(self, requested, snaplen, immediate):
         if not immediate or not sys.platform.startswith("linux"):
             return requested
-        slot = 1 << (snaplen + self.TPACKET_OVERHEAD - 1).bit_length()
-        return max(requested, self.MIN_RING_SLOTS * slot)
+        return max(requested, self.MIN_RING_SLOTS * self._slot(snaplen))
+
+    def ring_frames(self, ring, snaplen, immediate):
+        # libpcap 1.10 pcap-linux.c create_ring (TPACKET_V2): frames = ceil(ring / frame), a
+        # frame = TPACKET_ALIGN(64-byte header offset + min(snaplen, MTU + 18)); our snaplen
+        # is MTU + LINK_OVERHEAD.  (Blocks are a power of two of whole frames, so on lo, with
+        # 64 KiB frames in 128 KiB blocks, the memory taken is twice the ring asked for.)
+        if not immediate or not sys.platform.startswith("linux"):
+            return None
+        frame = (64 + min(snaplen, snaplen - LINK_OVERHEAD + 18) + 15) & ~15
+        return -(-ring // frame)
+
+    def _slot(self, snaplen):
+        return 1 << (snaplen + self.TPACKET_OVERHEAD - 1).bit_length()
 
     def own_macs(self, device, capture):
         if capture.linktype != _pcap.DLT_EN10MB:
@@ -243,6 +280,17 @@ class WindowsPlatform(Platform):
         # Keeping Winsock away from the traffic is the point on Windows: opt-in only.
         return False
 
+    def port_guard_default(self):
+        # A guard socket receives every unicast datagram to the port through Winsock and the
+        # firewall, the cost this package exists to avoid: opt-in on Windows.  Without it, a
+        # sender that did connect() sees WSAECONNRESET after each ICMP port-unreachable.
+        return False
+
+    def make_readiness(self):
+        raise OSError(errno.EOPNOTSUPP, "fileno() is not available on Windows: Npcap signals "
+                      "frames with events, not file descriptors. Receive in a thread of its "
+                      "own (blocking recvfrom), or poll with settimeout(0)")
+
     def groups_joined(self, groups, captures, multicast_loopback):
         # Windows loops this host's own multicast to the Npcap loopback adapter only once a
         # local socket has been a member: udpcap's kickstart (one short-lived socket).
@@ -262,6 +310,7 @@ def _mac_text(mac):
 
 # Linux interface ioctls.  They answer for the network namespace of the calling thread, which
 # /sys/class/net (the namespace that mounted sysfs) does not.
+_SIOCGIFADDR = 0x8915
 _SIOCGIFMTU = 0x8921
 _SIOCGIFHWADDR = 0x8927
 
@@ -312,6 +361,11 @@ class PollWaiter:
         self._needs_slices = needs_slices
         self._poll = self._new_poll()
 
+    @property
+    def wake_fd(self):
+        """Readable once :meth:`wake` was called (for :class:`Readiness`)."""
+        return self._read_fd
+
     def _new_poll(self):
         poll = select.poll()
         for fd in self._fds:
@@ -325,7 +379,9 @@ class PollWaiter:
         if self._needs_slices:
             timeout = self.FALLBACK_SLICE if timeout is None else min(timeout,
                                                                       self.FALLBACK_SLICE)
-        milliseconds = None if timeout is None else max(0, int(timeout * 1000.0 + 0.999))
+        # poll() takes a C int of milliseconds: a longer timeout returns early (callers loop).
+        milliseconds = None if timeout is None else max(0, min(_MAX_POLL_MS,
+                                                                int(timeout * 1000.0 + 0.999)))
         try:
             return bool(self._poll.poll(milliseconds))
         except RuntimeError:
@@ -348,6 +404,75 @@ class PollWaiter:
             except OSError:
                 pass
         self._read_fd = self._write_fd = -1
+
+
+_MAX_POLL_MS = 2 ** 31 - 1
+
+
+class Readiness:
+    """What ``UdpcapSocket.fileno()`` returns on POSIX: one epoll (Linux) or kqueue (BSD,
+    macOS) fd over the captures' selectable fds, the waiter's wake pipe (``close()``), and a
+    pipe of its own that is readable while datagrams wait in the receiver's queue or in
+    libpcap's buffer, where no capture fd shows them (:meth:`set` / :meth:`clear`).  Level
+    triggered: readable while any of them is."""
+
+    def __init__(self):
+        if hasattr(select, "epoll"):
+            self._poller = select.epoll()
+        elif hasattr(select, "kqueue"):
+            self._poller = select.kqueue()
+        else:
+            raise OSError(errno.EOPNOTSUPP, "fileno() needs epoll or kqueue, which this "
+                                            "platform lacks")
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._flag = False
+        self._fds = set()
+        self._watch({self._read})
+
+    def fileno(self):
+        return self._poller.fileno()
+
+    def watch(self, waiter, captures):
+        """Cover these captures (and *waiter*'s wake pipe) from now on."""
+        fds = {self._read, waiter.wake_fd}
+        fds.update(fd for fd in (c.selectable_fd() for c in captures) if fd >= 0)
+        self._watch(fds)
+
+    def _watch(self, fds):
+        epoll = hasattr(self._poller, "register")
+        for fd in self._fds - fds:
+            if epoll:
+                self._poller.unregister(fd)
+            else:
+                self._poller.control([select.kevent(fd, select.KQ_FILTER_READ,
+                                                    select.KQ_EV_DELETE)], 0)
+        for fd in fds - self._fds:
+            if epoll:
+                self._poller.register(fd, select.EPOLLIN)
+            else:
+                self._poller.control([select.kevent(fd, select.KQ_FILTER_READ,
+                                                    select.KQ_EV_ADD)], 0)
+        self._fds = fds
+
+    def set(self):
+        if not self._flag:
+            self._flag = True
+            os.write(self._write, b"x")
+
+    def clear(self):
+        if self._flag:
+            self._flag = False
+            try:
+                os.read(self._read, 64)
+            except BlockingIOError:
+                pass
+
+    def close(self):
+        self._poller.close()
+        for fd in (self._read, self._write):
+            os.close(fd)
 
 
 class _Libc:

@@ -41,11 +41,12 @@ class _OpenCapture:
     """A capture plus what the delivery rules need to know about its device."""
 
     __slots__ = ("capture", "device", "parse_link", "is_own", "is_loopback", "own_macs",
-                 "filter_text", "view", "reader", "parse_batch", "check_own")
+                 "filter_text", "view", "reader", "parse_batch", "check_own", "addresses")
 
     def __init__(self, capture, device, is_loopback, own_macs, own_on_egress):
         self.capture = capture
         self.device = device
+        self.addresses = frozenset(address for address, _m, _b in device.ipv4)
         self.is_loopback = is_loopback
         self.own_macs = own_macs
         self.parse_link = _packet.make_link_parser(capture.linktype)
@@ -72,7 +73,9 @@ class Receiver:
         self.port = 0
         self.bound_address = 0          # int; 0 = any
         self.local_addresses = frozenset()
-        self.groups = frozenset()
+        self.groups = frozenset()       # joined groups (ints)
+        self.group_interfaces = {}      # group -> interface addresses it was joined on (0: any)
+        self.readiness = None           # fileno()'s pollable fd, when the socket has one
         self.multicast_loopback = True
         self.memberships = None
         self.port_guard = None
@@ -99,7 +102,7 @@ class Receiver:
 
     # -- opening -----------------------------------------------------------------------------
 
-    def open(self, address, port, buffer_size, groups, multicast_loopback):
+    def open(self, address, port, buffer_size, memberships, multicast_loopback, readiness=None):
         """Select devices for *address* (int, 0 = any), open and filter them.
 
         A device that fails to open is logged, counted (``devices_failed``) and left out when
@@ -110,7 +113,6 @@ class Receiver:
         chosen = select_devices(devices, address, self.platform.is_loopback)
         self.port = port
         self.bound_address = address
-        self.groups = frozenset(groups)
         self.multicast_loopback = multicast_loopback
         local = set()
         for device in devices:
@@ -126,6 +128,11 @@ class Receiver:
                     local.add(addr & mask)
         local.add(0xFFFFFFFF)
         self.local_addresses = frozenset(local)
+        self.interface_addresses = frozenset(a for d in devices for a, _m, _b in d.ipv4)
+        for _group, interface in memberships:
+            if interface:
+                self.check_interface(interface)
+        self._set_memberships(memberships)
         try:
             failure = None
             for device in chosen:
@@ -153,6 +160,8 @@ class Receiver:
                 pass
             self.waiter = self.platform.make_waiter([c.capture for c in self.captures],
                                                     self.options.immediate)
+            if readiness is not None:
+                self.attach_readiness(readiness)
             self.platform.groups_joined(self.groups, self.captures, multicast_loopback)
             hold = self.options.hold_memberships
             if hold is None:
@@ -162,11 +171,15 @@ class Receiver:
                               [a for d in chosen if not self.platform.is_loopback(d)
                                for a, _m, _b in d.ipv4])
                 self.memberships = MembershipHolder(interfaces)
-                for group in self.groups:
-                    self.memberships.join(group)
-            if self.options.port_guard:
-                self.port_guard = PortGuard.acquire(ip_text(address), port,
-                                                    self.platform.port_guard_options)
+                for group, interface in self.membership_pairs:
+                    self.memberships.join(group, interface)
+            guard = self.options.port_guard
+            if guard is None:
+                guard = self.platform.port_guard_default()
+            if guard:
+                self.port_guard = PortGuard.acquire(
+                    ip_text(address), port, self.platform.port_guard_options,
+                    required=self.options.port_guard is True)
         except BaseException:
             self.close()
             raise
@@ -214,8 +227,7 @@ class Receiver:
     def filter_expression(self, opened):
         """The BPF filter for one capture (also shown by ``check --verbose``)."""
         port = self.port
-        groups = sorted(self.groups)
-        group_terms = ["dst host %s" % ip_text(g) for g in groups]
+        group_terms = ["dst host %s" % ip_text(g) for g in sorted(self._groups_for(opened))]
         if self.bound_address:
             destinations = ["dst host %s" % ip_text(self.bound_address)] + group_terms
         else:
@@ -228,6 +240,36 @@ class Receiver:
         if extra and not opened.is_loopback:
             text = "(%s) and %s" % (extra, text)
         return text
+
+    def _groups_for(self, opened):
+        """The groups a capture may deliver: those joined on any interface or on one of its
+        device's addresses (the loopback device carries this host's own multicast, whichever
+        interface it was sent on)."""
+        if opened.is_loopback:
+            return self.groups
+        return [group for group, where in self.group_interfaces.items()
+                if 0 in where or where & opened.addresses]
+
+    def _set_memberships(self, memberships):
+        pairs = frozenset(memberships)
+        interfaces = {}
+        for group, interface in pairs:
+            interfaces.setdefault(group, set()).add(interface)
+        self.membership_pairs = pairs
+        self.group_interfaces = {group: frozenset(where) for group, where in interfaces.items()}
+        self.groups = frozenset(interfaces)
+
+    def check_interface(self, interface):
+        """OSError unless *interface* (int) is the address of a local interface."""
+        if interface not in self.interface_addresses:
+            raise OSError(errno.ENODEV, "no local interface has the address %s (local IPv4 "
+                          "addresses: %s)" % (ip_text(interface), ", ".join(
+                              sorted(ip_text(a) for a in self.interface_addresses)) or "none"))
+
+    def attach_readiness(self, readiness):
+        """Have *readiness* (see ``Platform.make_readiness``) watch this socket's captures."""
+        self.readiness = readiness
+        readiness.watch(self.waiter, [c.capture for c in self.captures])
 
     def _apply_filter(self, opened):
         text = self.filter_expression(opened)
@@ -254,27 +296,28 @@ class Receiver:
             if datagrams:
                 self._queue(opened, view, datagrams, _monotonic())
 
-    def update(self, groups=None, multicast_loopback=None):
-        """Swap groups and/or the loopback flag; refilter every capture (any thread)."""
+    def update(self, memberships=None, multicast_loopback=None):
+        """Swap the memberships (``(group, interface)`` pairs) and/or the loopback flag;
+        refilter every capture (any thread)."""
         with self.io_lock:
             for opened in list(self.captures):
                 try:
                     self._drain(opened)
                 except PcapError as exc:
                     self._lose(opened, exc)
-            old = self.groups
-            if groups is not None:
-                self.groups = frozenset(groups)
+            old_groups, old_pairs = self.groups, self.membership_pairs
+            if memberships is not None:
+                self._set_memberships(memberships)
                 if self.memberships is not None:
-                    for group in self.groups - old:
-                        self.memberships.join(group)
-                    for group in old - self.groups:
-                        self.memberships.leave(group)
+                    for group, interface in self.membership_pairs - old_pairs:
+                        self.memberships.join(group, interface)
+                    for group, interface in old_pairs - self.membership_pairs:
+                        self.memberships.leave(group, interface)
             if multicast_loopback is not None:
                 self.multicast_loopback = multicast_loopback
             for opened in self.captures:
                 self._apply_filter(opened)
-            fresh = self.groups - old if multicast_loopback is None else self.groups
+            fresh = (self.groups - old_groups if multicast_loopback is None else self.groups)
             self.platform.groups_joined(fresh, self.captures, self.multicast_loopback)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -288,13 +331,17 @@ class Receiver:
         Returns ``(payload_or_count, address)`` or None.  With a *target* (a ``bytearray`` or
         a writable byte ``memoryview``) the payload is copied into it, at most *nbytes*;
         otherwise a new ``bytes`` of at most *nbytes* is returned.  Datagrams come from
-        :attr:`ready`; when it is empty, the captures are read (:meth:`_fill`).  ``stats.delivered`` is settled from the queue length (see
-        :meth:`settle_stats`), so handing out costs no counter update.
+        :attr:`ready`; when it is empty, the captures are read (:meth:`_fill`).
+        ``stats.delivered`` is settled from the queue length (see :meth:`settle_stats`), so
+        handing out costs no counter update.
         """
         ready = self.ready
         if not ready and not self._fill():
             return None
         buf, first, last, address = ready.popleft()
+        if self.readiness is not None and (ready or self.drain_before_wait):
+            # More may be ready without any fd saying so: queued here, or held by libpcap.
+            self.readiness.set()
         if last - first > nbytes:
             self.stats.truncated_deliveries += 1
             last = first + nbytes
@@ -326,6 +373,8 @@ class Receiver:
         now = _monotonic()
         datagrams = []
         captures = self.captures
+        if self.readiness is not None:
+            self.readiness.clear()      # reading everything now: the fds speak from here on
         for turn, opened in enumerate(captures):
             # Drain this capture until a batch yields something or it is empty: on Windows the
             # read event is not signalled again for frames libpcap already holds, so waiting
@@ -376,6 +425,8 @@ class Receiver:
                         opened.device.name, exc, ", ".join(c.device.name for c in self.captures))
             if self.waiter is not None:
                 self.waiter.set_captures([c.capture for c in self.captures])
+            if self.readiness is not None:
+                self.readiness.watch(self.waiter, [c.capture for c in self.captures])
             return
         self.captures = []
         self.failure = (errno.ENETDOWN, "cannot receive: the capture on %s failed (%s)%s. Fix: "
@@ -385,6 +436,8 @@ class Receiver:
         log.warning("%s", self.failure[1])
         if self.waiter is not None:
             self.waiter.wake()          # every waiting receive returns and raises
+        if self.readiness is not None:
+            self.readiness.set()
 
     def _queue(self, opened, view, datagrams, now):
         """Apply the delivery rules to one parsed batch and queue what passes; True if any."""
@@ -448,8 +501,10 @@ class Receiver:
     def _accepts_special(self, dst, opened, buf, start):
         """Delivery rules for multicast, and for frames this host sent itself."""
         if dst >> 28 == 0xE:
-            if dst not in self.groups:
-                self.stats.not_for_us += 1
+            where = self.group_interfaces.get(dst)
+            if where is None or (0 not in where and not opened.is_loopback
+                                 and not where & opened.addresses):
+                self.stats.not_for_us += 1      # not joined, or joined on another interface
                 return False
             if self._own_on_egress:
                 own = opened.is_own(buf, start)

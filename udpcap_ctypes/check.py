@@ -181,6 +181,15 @@ class Environment:
         """The real path of this interpreter (setcap needs the file, not a symlink)."""
         return os.path.realpath(sys.executable or "python3")
 
+    def interpreter_is_shared(self):
+        """True when :meth:`python_path` is not this environment's own interpreter: the
+        system's (or pyenv's) python, which a default venv's ``python3`` only links to.
+        Capabilities given to it reach every script it runs.  ``venv --copies`` makes a
+        private one."""
+        executable = os.path.abspath(sys.executable or "python3")
+        in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+        return not in_venv or os.path.realpath(executable) != executable
+
     # devices
     def find_devices(self, library):
         from ._capture import find_devices
@@ -231,15 +240,15 @@ def check_library(env):
         detail, fix = split_fix(exc.strerror or str(exc))
         if fix is None:
             fix = _loader.install_fix(env)
-        if _loader.ENV_OVERRIDE in env.environ and _loader.ENV_OVERRIDE not in fix:
-            fix = "%s (%s=%r is set)" % (fix, _loader.ENV_OVERRIDE,
-                                         env.environ[_loader.ENV_OVERRIDE])
+        override = _loader.override_path(env.environ)
+        if override and _loader.ENV_OVERRIDE not in fix:
+            fix = "%s (%s=%r is set)" % (fix, _loader.ENV_OVERRIDE, override)
         return [Check("capture library", False, detail, fix)], None
     version = library.version
     kind = library.kind
     data = {"kind": kind, "path": library.path, "version": version}
-    if _loader.ENV_OVERRIDE in env.environ:
-        data["override"] = env.environ[_loader.ENV_OVERRIDE]
+    if _loader.override_path(env.environ):
+        data["override"] = _loader.override_path(env.environ)
     source = library.path
     if data.get("override"):
         source = "%s (from %s)" % (source, _loader.ENV_OVERRIDE)
@@ -415,8 +424,17 @@ def posix_permission_fix(env):
     if env.platform == "darwin":
         return ("Run with sudo, or give your user read access to /dev/bpf* (e.g. Wireshark's "
                 "ChmodBPF package)")
-    return ("Run as root (sudo), or grant the interpreter the capabilities once: "
-            "sudo setcap cap_net_raw,cap_net_admin+eip %s" % python)
+    fix = ("Run as root (sudo), or grant the interpreter the capabilities once: "
+           "sudo setcap cap_net_raw,cap_net_admin+eip %s" % python)
+    if env.interpreter_is_shared():
+        fix += ". " + _SHARED_INTERPRETER % python
+    return fix
+
+
+_SHARED_INTERPRETER = ("Note: %s is a shared interpreter (the system's, or the one a default "
+                       "venv links to): every script it runs gets the capabilities. For a "
+                       "private copy: python3 -m venv --copies DIR, then setcap DIR/bin/python3 "
+                       "and run your program with it")
 
 
 def check_privileges(env):
@@ -435,14 +453,21 @@ def check_privileges(env):
                 None if ok else posix_permission_fix(env), data=data)
         return Check("privileges", False, "running as uid %s and /proc/self/status has no "
                      "CapEff line" % euid, posix_permission_fix(env), data=data)
-    have = [name for name, bit in (("CAP_NET_RAW", CAP_NET_RAW),
-                                   ("CAP_NET_ADMIN", CAP_NET_ADMIN)) if caps >> bit & 1]
-    missing = [name for name in ("CAP_NET_RAW", "CAP_NET_ADMIN") if name not in have]
-    if not missing:
-        return Check("privileges", True, "running as uid %s with CAP_NET_RAW and CAP_NET_ADMIN"
-                     % euid, data=data)
-    return Check("privileges", False, "running as uid %s without %s (CapEff=%016x)"
-                 % (euid, " and ".join(missing), caps), posix_permission_fix(env), data=data)
+    raw, admin = bool(caps >> CAP_NET_RAW & 1), bool(caps >> CAP_NET_ADMIN & 1)
+    if not raw:
+        missing = " and ".join(["CAP_NET_RAW"] + ([] if admin else ["CAP_NET_ADMIN"]))
+        return Check("privileges", False, "running as uid %s without %s (CapEff=%016x)"
+                     % (euid, missing, caps), posix_permission_fix(env), data=data)
+    # CAP_NET_RAW opens packet sockets; libpcap sets promiscuous mode through the packet
+    # socket too, so CAP_NET_ADMIN adds nothing here (the self-test below measures it).
+    detail = "running as uid %s with CAP_NET_RAW%s" % (
+        euid, " and CAP_NET_ADMIN" if admin else " (CAP_NET_ADMIN is not needed: libpcap sets "
+        "promiscuous mode through the packet socket)")
+    if env.interpreter_is_shared():
+        python = env.python_path()
+        return Check("privileges", True, detail, "The capabilities come with " + python +
+                     ". " + _SHARED_INTERPRETER % python, warning=True, data=data)
+    return Check("privileges", True, detail, data=data)
 
 
 def _ip(address):

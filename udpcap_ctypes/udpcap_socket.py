@@ -5,13 +5,20 @@ Frames are captured with Npcap/libpcap and parsed in user space, so on Windows t
 passes through Winsock and the Defender firewall's per-datagram cost (MpsSvc in tcpip.sys).
 """
 
+from __future__ import annotations
+
 import collections
 import errno
 import logging
+import math
+import operator
 import socket
 import struct
+import sys
 import threading
 import time
+import warnings
+from typing import Any, Dict, Optional, Tuple
 
 from . import _loader, _platform
 from ._receiver import Receiver, ip_text, is_multicast
@@ -22,15 +29,38 @@ log = logging.getLogger("udpcap_ctypes")
 
 _monotonic = time.monotonic
 MIN_RECEIVE_BUFFER = 65535
+# The capture library takes the buffer size as a C int: a larger value would wrap.
+MAX_RECEIVE_BUFFER = 2 ** 31 - 1
 _NOTHING_QUEUED = collections.deque()   # what an unbound socket "has queued": nothing
 _CLOSE_WAIT = 2.0       # how long close() waits for a woken receiver to leave its wait
 # The capture ring per device.  In immediate mode Linux cuts it into snaplen-sized slots:
 # ~2 KiB on an MTU-1500 device (16 MiB ~ 8,000 frames), 128 KiB on lo (MTU 65536), where every
 # datagram is also captured twice (outgoing and incoming): 16 MiB holds 64 loopback datagrams.
 DEFAULT_RECEIVE_BUFFER = 16 << 20
+# The longest timeout socket.settimeout takes: CPython keeps it in int64 nanoseconds.
+_MAX_TIMEOUT = (2 ** 63 - 1) / 1e9
 
+Address = Tuple[str, int]
 
 MAX_COALESCE = 0.01   # seconds; longer would need more capture buffer than the default holds
+
+
+def _flag(name, value, optional=False):
+    """An option that takes a bool (or None, meaning the platform default)."""
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    raise TypeError("%s must be True or False%s, not %r"
+                    % (name, " (or None for the platform default)" if optional else "", value))
+
+
+def _seconds(name, value):
+    """A finite, non-negative number of seconds, as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds, not %r" % (name, value))
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("%s must be a finite number of seconds >= 0, got %r" % (name, value))
+    return value
 
 
 class Options:
@@ -39,28 +69,37 @@ class Options:
     __slots__ = ("immediate", "promiscuous", "hold_memberships", "port_guard",
                  "verify_udp_checksum", "reassembly_timeout", "coalesce")
 
-    def __init__(self, immediate=True, promiscuous=True, hold_memberships=None, port_guard=False,
+    def __init__(self, immediate=True, promiscuous=True, hold_memberships=None, port_guard=None,
                  verify_udp_checksum=False, reassembly_timeout=30.0, coalesce=None):
+        self.immediate = _flag("immediate", immediate)
+        self.promiscuous = _flag("promiscuous", promiscuous)
+        self.hold_memberships = _flag("hold_memberships", hold_memberships, optional=True)
+        self.port_guard = _flag("port_guard", port_guard, optional=True)
+        self.verify_udp_checksum = _flag("verify_udp_checksum", verify_udp_checksum)
+        self.reassembly_timeout = _seconds("reassembly_timeout", reassembly_timeout)
+        if not self.reassembly_timeout > 0:
+            raise ValueError("reassembly_timeout must be > 0 seconds")
         if coalesce is not None:
+            if isinstance(coalesce, bool) or not isinstance(coalesce, (int, float)):
+                raise TypeError("coalesce must be a number of seconds, not %r" % (coalesce,))
             coalesce = float(coalesce)
-            if not 0.0 <= coalesce <= MAX_COALESCE:
+            if not 0.0 <= coalesce <= MAX_COALESCE:          # also NaN
                 raise ValueError("coalesce must be between 0 and %g seconds (0 turns it off), "
                                  "got %r" % (MAX_COALESCE, coalesce))
         self.coalesce = coalesce
-        self.immediate = bool(immediate)
-        self.promiscuous = bool(promiscuous)
-        self.hold_memberships = hold_memberships
-        self.port_guard = bool(port_guard)
-        self.verify_udp_checksum = bool(verify_udp_checksum)
-        if not reassembly_timeout > 0:
-            raise ValueError("reassembly_timeout must be > 0 seconds")
-        self.reassembly_timeout = float(reassembly_timeout)
 
 
 def _parse_ipv4(host, what):
-    """A dotted-quad (or resolvable name) to an int; OSError for anything malformed."""
+    """A dotted quad or resolvable name (str or bytes, as a socket takes) to an int; OSError
+    for anything malformed."""
+    if isinstance(host, (bytes, bytearray)):
+        try:
+            host = bytes(host).decode("ascii")
+        except UnicodeError:
+            raise OSError(errno.EINVAL, "%s %r is not a valid IPv4 address" % (what, host)) \
+                from None
     if not isinstance(host, str):
-        raise TypeError("%s must be a str, not %s" % (what, type(host).__name__))
+        raise TypeError("%s must be str or bytes, not %s" % (what, type(host).__name__))
     if host in ("", "0.0.0.0"):
         return 0
     try:
@@ -74,10 +113,38 @@ def _parse_ipv4(host, what):
     return struct.unpack("!I", packed)[0]
 
 
+def _timeout(value):
+    """*value* as socket.settimeout takes it: None, or seconds >= 0 (same exception types)."""
+    if value is None:
+        return None
+    if not isinstance(value, float):
+        value = operator.index(value)          # TypeError for str, bytes, ... as a socket
+    if value != value:
+        raise ValueError("Invalid value NaN (not a number)")
+    if value > _MAX_TIMEOUT or value < -_MAX_TIMEOUT:
+        raise OverflowError("timeout %r is too large (at most %d seconds)"
+                            % (value, int(_MAX_TIMEOUT)))
+    if value < 0:
+        raise ValueError("Timeout value out of range")
+    return float(value)
+
+
+def _bufsize(value, call):
+    """A receive size as a socket checks it: an int >= 0 (TypeError / ValueError otherwise)."""
+    value = operator.index(value)
+    if value < 0:
+        raise ValueError("negative buffersize in %s" % call)
+    if value > sys.maxsize:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return value
+
+
 class UdpcapSocket:
     """A UDP receive socket that captures instead of opening a socket.
 
-    Keyword options (all optional, fixed at construction):
+    ``UdpcapSocket(family=AF_INET, type=SOCK_DGRAM, proto=0, **options)``: the first three as
+    ``socket.socket`` takes them (IPv4 UDP only).  Keyword options (all optional, fixed at
+    construction; booleans are ``True``/``False``, nothing else):
 
     ``immediate`` (True): deliver each frame at once (lowest latency).  False lets Linux batch
         frames in TPACKET_V3 blocks: far more burst tolerance per buffer byte, ~1 ms latency.
@@ -86,8 +153,11 @@ class UdpcapSocket:
     ``hold_memberships`` (None = platform default: on for POSIX, off for Windows): keep a real
         kernel membership of each joined group (an unread socket on an unused port), so the NIC
         and IGMP-snooping switches keep delivering it.
-    ``port_guard`` (False): bind an unread kernel socket to the port so the kernel stops
-        answering unicast with ICMP port-unreachable.
+    ``port_guard`` (None = platform default: on for POSIX, off for Windows): bind an unread
+        kernel socket to the port, so the kernel does not answer unicast with ICMP
+        port-unreachable (a connected sender would see ECONNREFUSED and lose datagrams).  By
+        default it is left out where another socket already holds the port; ``True`` makes
+        that an error.
     ``verify_udp_checksum`` (False): drop datagrams whose UDP checksum is wrong.  Only for real
         NICs: with checksum offload, locally sent frames (and veth) carry partial checksums.
     ``reassembly_timeout`` (30.0): seconds an incomplete fragmented datagram is kept.
@@ -100,7 +170,21 @@ class UdpcapSocket:
     Raises :class:`~udpcap_ctypes.CaptureUnavailableError` when the capture library is missing.
     """
 
-    def __init__(self, **options):
+    def __init__(self, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM,
+                 proto: int = 0, **options: Any) -> None:
+        self._closed = True                 # until construction succeeds (see __del__)
+        if family == getattr(socket, "AF_INET6", None):
+            raise OSError(errno.EAFNOSUPPORT, "UdpcapSocket does not receive IPv6 yet: use "
+                                              "family=socket.AF_INET")
+        if family != socket.AF_INET:
+            raise OSError(errno.EAFNOSUPPORT, "UdpcapSocket receives IPv4 (socket.AF_INET), "
+                                              "not address family %r" % (family,))
+        if type != socket.SOCK_DGRAM:
+            raise OSError(errno.EPROTONOSUPPORT, "UdpcapSocket receives UDP: type must be "
+                                                 "socket.SOCK_DGRAM, not %r" % (type,))
+        if proto not in (0, socket.IPPROTO_UDP):
+            raise OSError(errno.EPROTONOSUPPORT, "UdpcapSocket receives UDP: proto must be 0 "
+                                                 "or socket.IPPROTO_UDP, not %r" % (proto,))
         self._options = Options(**options)
         self._library = _loader.get_library()
         self._platform = _platform.current(self._library)
@@ -110,29 +194,41 @@ class UdpcapSocket:
         # One token per thread inside _wait_and_receive (deque append/pop are atomic), so that
         # close() can wake them and wait for them to leave before releasing the waiter.
         self._receiving = collections.deque()
-        self._closed = False
         self._timeout = None
         self._buffer_size = DEFAULT_RECEIVE_BUFFER
-        self._groups = set()
+        self._memberships = set()           # (group, interface address or 0), as ints
         self._multicast_loopback = True
         self._sockname = None
         self._ready = _NOTHING_QUEUED       # the bound receiver's queue of datagrams
+        self._readiness = None              # fileno()'s pollable fd, made on first use
+        self._closed = False
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET
+
+    @property
+    def type(self) -> socket.SocketKind:
+        return socket.SOCK_DGRAM
 
     # -- configuration -----------------------------------------------------------------------
 
-    def set_receive_buffer_size(self, size):
+    def set_receive_buffer_size(self, size: int) -> None:
         """Capture buffer size in bytes (``SO_RCVBUF``); only before :meth:`bind`."""
         self._check_open()
-        size = int(size)
+        size = operator.index(size)
         if size < MIN_RECEIVE_BUFFER:
             raise ValueError("receive buffer size must be at least %d bytes, got %d"
                              % (MIN_RECEIVE_BUFFER, size))
+        if size > MAX_RECEIVE_BUFFER:
+            raise OverflowError("receive buffer size must be below 2**31 bytes (the capture "
+                                "library takes a C int), got %d" % size)
         if self._receiver is not None:
             raise OSError(errno.EINVAL, "set the receive buffer size before bind(): the capture "
                                         "buffer is allocated when the device is opened")
         self._buffer_size = size
 
-    def set_multicast_loopback(self, enabled):
+    def set_multicast_loopback(self, enabled: bool) -> None:
         """Deliver datagrams this host sends to joined groups (default True)."""
         self._check_open()
         enabled = bool(enabled)
@@ -143,38 +239,53 @@ class UdpcapSocket:
             receiver.update(multicast_loopback=enabled)
 
     @property
-    def multicast_loopback(self):
+    def multicast_loopback(self) -> bool:
         return self._multicast_loopback
 
-    def join_multicast_group(self, group):
-        """Receive datagrams sent to *group* (``IP_ADD_MEMBERSHIP``); allowed before bind."""
-        self._change_group(group, join=True)
+    def join_multicast_group(self, group: str, interface: Optional[str] = None) -> None:
+        """Receive datagrams sent to *group* (``IP_ADD_MEMBERSHIP``); allowed before bind.
 
-    def leave_multicast_group(self, group):
-        """Stop receiving *group* (``IP_DROP_MEMBERSHIP``)."""
-        self._change_group(group, join=False)
+        *interface*: the address of a local interface to receive the group on, or None (and
+        ``"0.0.0.0"``) for every device the socket captures on.
+        """
+        self._change_group(group, interface, join=True)
 
-    def _change_group(self, group, join):
+    def leave_multicast_group(self, group: str, interface: Optional[str] = None) -> None:
+        """Stop receiving *group* (``IP_DROP_MEMBERSHIP``) on *interface* (as joined; None
+        also matches the group's only membership)."""
+        self._change_group(group, interface, join=False)
+
+    def _change_group(self, group, interface, join):
         self._check_open()
         address = _parse_ipv4(group, "multicast group")
         if not is_multicast(address):
             raise OSError(errno.EINVAL, "%s is not a multicast address (224.0.0.0/4)" % group)
+        where = 0 if interface is None else _parse_ipv4(interface, "interface")
         with self._state_lock:
-            if join and address in self._groups:
-                raise OSError(errno.EADDRINUSE, "already a member of %s" % group)
-            if not join and address not in self._groups:
-                raise OSError(errno.EADDRNOTAVAIL, "not a member of %s" % group)
-            if join:
-                self._groups.add(address)
-            else:
-                self._groups.discard(address)
-            groups = frozenset(self._groups)
             receiver = self._receiver
+            if join and where and receiver is not None:
+                receiver.check_interface(where)
+            key = (address, where)
+            if join and key in self._memberships:
+                raise OSError(errno.EADDRINUSE, "already a member of %s%s"
+                              % (ip_text(address), _on(where)))
+            if not join and key not in self._memberships:
+                mine = [m for m in self._memberships if m[0] == address]
+                if interface is not None or len(mine) != 1:
+                    raise OSError(errno.EADDRNOTAVAIL, "not a member of %s%s"
+                                  % (ip_text(address), _on(where)))
+                key = mine[0]
+            if join:
+                self._memberships.add(key)
+            else:
+                self._memberships.discard(key)
+            memberships = frozenset(self._memberships)
         if receiver is not None:
-            receiver.update(groups=groups)
+            receiver.update(memberships=memberships)
 
-    def setsockopt(self, level, option, value):
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
         """The subset of ``socket.setsockopt`` a UDP receiver uses, mapped to the methods."""
+        self._check_open()
         if level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
             return self.set_receive_buffer_size(value)
         if level == socket.IPPROTO_IP and option == socket.IP_MULTICAST_LOOP:
@@ -182,33 +293,63 @@ class UdpcapSocket:
                 value if isinstance(value, int) else struct.unpack("B", value[:1])[0])
         if level == socket.IPPROTO_IP and option in (socket.IP_ADD_MEMBERSHIP,
                                                      socket.IP_DROP_MEMBERSHIP):
-            group = socket.inet_ntoa(bytes(value)[:4])
-            return self._change_group(group, join=option == socket.IP_ADD_MEMBERSHIP)
+            group, interface = _parse_mreq(value, self._platform)
+            return self._change_group(group, interface,
+                                      join=option == socket.IP_ADD_MEMBERSHIP)
         if level == socket.SOL_SOCKET and option in (socket.SO_REUSEADDR,
                                                      getattr(socket, "SO_REUSEPORT", -1)):
             return None          # captures are always shared
         raise OSError(errno.ENOPROTOOPT, "option (%d, %d) is not supported by UdpcapSocket"
                       % (level, option))
 
-    def settimeout(self, timeout):
-        if timeout is not None:
-            timeout = float(timeout)
-            if timeout < 0:
-                raise ValueError("Timeout value out of range")
-        self._timeout = timeout
+    def getsockopt(self, level: int, option: int, buflen: Optional[int] = None) -> Any:
+        """``SO_RCVBUF`` (the capture buffer size), ``IP_MULTICAST_LOOP`` (1 or 0),
+        ``SO_TYPE`` (SOCK_DGRAM); as bytes of *buflen* when given, as ``socket.getsockopt``."""
+        self._check_open()
+        if level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
+            value = self._buffer_size
+        elif level == socket.IPPROTO_IP and option == socket.IP_MULTICAST_LOOP:
+            value = 1 if self._multicast_loopback else 0
+        elif level == socket.SOL_SOCKET and option == socket.SO_TYPE:
+            value = int(socket.SOCK_DGRAM)
+        else:
+            raise OSError(errno.ENOPROTOOPT, "option (%d, %d) is not supported by UdpcapSocket"
+                          % (level, option))
+        if buflen is None:
+            return value
+        return struct.pack("=i", value)[:operator.index(buflen)]
 
-    def gettimeout(self):
+    def settimeout(self, timeout: Optional[float]) -> None:
+        """As ``socket.settimeout``: None blocks, 0 is non-blocking, else seconds."""
+        self._check_open()
+        self._timeout = _timeout(timeout)
+
+    def gettimeout(self) -> Optional[float]:
         return self._timeout
 
-    def setblocking(self, flag):
+    def setblocking(self, flag: bool) -> None:
+        self._check_open()
         self._timeout = None if flag else 0.0
 
-    def getblocking(self):
+    def getblocking(self) -> bool:
         return self._timeout != 0.0
+
+    def fileno(self) -> int:
+        """POSIX: an fd that ``select``, ``selectors`` and ``loop.add_reader`` accept, readable
+        whenever a receive may return a datagram without blocking (sometimes also when it
+        would not: a receive then blocks or raises BlockingIOError as usual).  Windows: no
+        such fd exists (Npcap signals events); raises OSError."""
+        with self._state_lock:
+            self._check_open()
+            if self._readiness is None:
+                self._readiness = self._platform.make_readiness()
+                if self._receiver is not None:
+                    self._receiver.attach_readiness(self._readiness)
+            return self._readiness.fileno()
 
     # -- binding -----------------------------------------------------------------------------
 
-    def bind(self, address):
+    def bind(self, address: Address) -> None:
         """Open the captures for ``(host, port)``; see ``docs/API.md`` for host forms."""
         self._check_open()
         if not isinstance(address, tuple) or len(address) != 2:
@@ -223,7 +364,8 @@ class UdpcapSocket:
         host_int = _parse_ipv4(host, "bind address")
         if is_multicast(host_int):
             raise OSError(errno.EADDRNOTAVAIL, "cannot bind to multicast address %s: bind to "
-                          "0.0.0.0 (or an interface address) and join the group" % host)
+                          "0.0.0.0 (or an interface address) and join the group"
+                          % ip_text(host_int))
         with self._state_lock:
             if self._receiver is not None:
                 raise OSError(errno.EINVAL, "socket is already bound to %s:%d"
@@ -231,32 +373,35 @@ class UdpcapSocket:
             if port == 0:
                 port = _free_port(ip_text(host_int))
             receiver = Receiver(self._platform, self._stats, self._options)
-            receiver.open(host_int, port, self._buffer_size, self._groups,
-                          self._multicast_loopback)
+            receiver.open(host_int, port, self._buffer_size, self._memberships,
+                          self._multicast_loopback, self._readiness)
             self._receiver = receiver
             self._ready = receiver.ready
             self._sockname = (ip_text(host_int), port)
 
-    def getsockname(self):
+    def getsockname(self) -> Address:
         self._check_open()
         if self._sockname is None:
             return ("0.0.0.0", 0)
         return self._sockname
 
     @property
-    def bound(self):
+    def bound(self) -> bool:
         return self._receiver is not None and not self._closed
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def recvfrom(self, bufsize):
-        """Return ``(bytes, (host, port))`` of the next datagram (at most *bufsize* bytes)."""
+    def recvfrom(self, bufsize: int) -> Tuple[bytes, Optional[Address]]:
+        """Return ``(bytes, (host, port))`` of the next datagram (at most *bufsize* bytes).
+
+        ``recvfrom(0)`` returns ``(b"", None)`` at once and leaves the queue alone.
+        """
         ready = self._ready
-        if ready and not self._closed and bufsize >= 0:
+        if ready and type(bufsize) is int and bufsize > 0 and not self._closed:
             # Fast path: a datagram is queued.  Popping needs no lock: one thread receives at
             # a time, and close() only clears the queue (then IndexError: the slow path).
             try:
@@ -268,17 +413,27 @@ class UdpcapSocket:
                     self._stats.truncated_deliveries += 1
                     last = first + bufsize
                 return (bytes(buf[first:last]), address)
-        if bufsize < 0:
-            raise ValueError("negative buffersize in recvfrom")
+        return self._recvfrom(bufsize, "recvfrom")
+
+    def recv(self, bufsize: int) -> bytes:
+        """The next datagram's payload (at most *bufsize* bytes); ``recv(0)`` is ``b""`` at
+        once, without consuming a datagram, as a socket's."""
+        return self._recvfrom(bufsize, "recv")[0]
+
+    def _recvfrom(self, bufsize, call):
+        # Sizes are checked before anything waits or is consumed.
+        bufsize = _bufsize(bufsize, call)
+        if not bufsize:
+            self._check_usable()
+            return (b"", None)
         return self._receive(None, bufsize)
 
-    def recv(self, bufsize):
-        return self.recvfrom(bufsize)[0]
-
-    def recvfrom_into(self, buffer, nbytes=0):
-        """Copy the next datagram into *buffer*; return ``(nbytes_copied, (host, port))``."""
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0) -> Tuple[int, Optional[Address]]:
+        """Copy the next datagram into *buffer* (any writable bytes-like object; *nbytes* 0
+        means all of it); return ``(nbytes_copied, (host, port))``.  With room for 0 bytes it
+        returns ``(0, None)`` at once without consuming a datagram."""
         ready = self._ready
-        if ready and not nbytes and type(buffer) is bytearray and not self._closed:
+        if ready and not nbytes and type(buffer) is bytearray and buffer and not self._closed:
             try:                                              # fast path, as in recvfrom
                 buf, first, last, address = ready.popleft()
             except IndexError:
@@ -290,11 +445,16 @@ class UdpcapSocket:
                     size = len(buffer)
                 memoryview(buffer)[:size] = buf[first:first + size]   # see Receiver.poll
                 return (size, address)
-        if nbytes == 0 and type(buffer) is bytearray:
-            return self._receive(buffer, len(buffer))
-        return self._receive(*_writable_bytes(buffer, nbytes))
+        if type(buffer) is bytearray and type(nbytes) is int and nbytes == 0:
+            target, size = buffer, len(buffer)
+        else:
+            target, size = _writable_bytes(buffer, nbytes)
+        if not size:
+            self._check_usable()
+            return (0, None)
+        return self._receive(target, size)
 
-    def recv_into(self, buffer, nbytes=0):
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
         return self.recvfrom_into(buffer, nbytes)[0]
 
     def _receive(self, target, nbytes):
@@ -365,7 +525,7 @@ class UdpcapSocket:
 
     # -- statistics and lifetime -------------------------------------------------------------
 
-    def statistics(self):
+    def statistics(self) -> Dict[str, Any]:
         """A dict of this socket's counters (see :class:`~udpcap_ctypes._stats.Statistics`)."""
         receiver = self._receiver
         if receiver is not None and not self._closed:
@@ -373,14 +533,14 @@ class UdpcapSocket:
             receiver.settle_stats()
         return self._stats.snapshot()
 
-    def filter_expressions(self):
+    def filter_expressions(self) -> Dict[str, str]:
         """``{device: BPF filter}`` in force (for diagnostics)."""
         receiver = self._receiver
         if receiver is None:
             return {}
         return {c.device.name: c.filter_text for c in receiver.captures}
 
-    def close(self):
+    def close(self) -> None:
         """Close the socket; a receive blocked in another thread raises SocketClosedError.
 
         The blocked thread is woken at once and raises; this call then waits (briefly) for it
@@ -392,6 +552,9 @@ class UdpcapSocket:
                 return
             self._closed = True
             receiver = self._receiver
+            readiness, self._readiness = self._readiness, None
+        if readiness is not None:
+            readiness.close()
         if receiver is None:
             return
         if self._receiving:
@@ -409,17 +572,25 @@ class UdpcapSocket:
         if self._closed:
             raise SocketClosedError()
 
-    def __enter__(self):
+    def _check_usable(self):
+        if self._closed:
+            raise SocketClosedError()
+        if self._receiver is None:
+            raise NotBoundError()
+
+    def __enter__(self) -> "UdpcapSocket":
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
     def __del__(self):
-        # Safety net for sockets that were never closed: release the captures.
+        # An open socket that is garbage-collected: warn, as a socket does, and release it.
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn("unclosed %r" % (self,), ResourceWarning, source=self)
         try:
-            if not self._closed:
-                self.close()
+            self.close()
         except Exception:
             pass
 
@@ -431,18 +602,37 @@ class UdpcapSocket:
 
 def _writable_bytes(buffer, nbytes):
     """``(target, nbytes)`` for recvfrom_into: a writable byte view of *buffer*."""
+    nbytes = _bufsize(nbytes, "recvfrom_into")
     view = memoryview(buffer)
     if view.readonly:
         raise TypeError("recvfrom_into() argument 'buffer' must be read-write bytes-like object")
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
-    if nbytes < 0:
-        raise ValueError("negative buffersize in recvfrom_into")
     if nbytes == 0:
         nbytes = len(view)
     elif nbytes > len(view):
         raise ValueError("nbytes is greater than the length of the buffer")
     return view, nbytes
+
+
+def _on(interface):
+    return " on interface %s" % ip_text(interface) if interface else ""
+
+
+def _parse_mreq(value, platform):
+    """``(group, interface or None)`` from an ``ip_mreq`` (group, interface address) or Linux
+    ``ip_mreqn`` (group, address, interface index) as bytes."""
+    raw = bytes(value)
+    if len(raw) < 8:
+        raise OSError(errno.EINVAL, "a membership request is an ip_mreq of 8 bytes (group, "
+                                    "interface), got %d bytes" % len(raw))
+    group = socket.inet_ntoa(raw[:4])
+    if len(raw) >= 12:
+        index = struct.unpack("=i", raw[8:12])[0]
+        if index:
+            return group, platform.interface_address(index)
+    interface = raw[4:8]
+    return group, None if interface == b"\0\0\0\0" else socket.inet_ntoa(interface)
 
 
 def _free_port(host):
