@@ -204,6 +204,18 @@ class NetPair:
             self.delete()
             raise
 
+    def add_link(self, if_a="vx-a", if_b="vx-b"):
+        """One more veth between a and b (no multicast route), ``198.19.<n>.1`` in a and
+        ``.2`` in b, with n the pair's own subnet number; returns the two addresses."""
+        subnet = int(self.addr_a.split(".")[2])
+        self.a.ip("link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns",
+                  self.b.name)
+        addresses = ("198.19.%d.1" % subnet, "198.19.%d.2" % subnet)
+        for ns, ifname, address in ((self.a, if_a, addresses[0]), (self.b, if_b, addresses[1])):
+            ns.ip("addr", "add", address + "/24", "dev", ifname)
+            ns.ip("link", "set", ifname, "up")
+        return addresses
+
     def __repr__(self):
         return "<NetPair %s(%s) <-> %s(%s) mtu %d>" % (
             self.a and self.a.name, self.addr_a, self.b and self.b.name, self.addr_b, self.mtu)

@@ -11,14 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_socket_support import nslib, open_socket, udp_socket  # noqa: E402
+from test_socket_support import Background, nslib, open_socket, udp_socket  # noqa: E402
 
 pytestmark = pytest.mark.live
 
@@ -52,16 +51,6 @@ def test_ctrl_c_interrupts_a_blocking_receive(netns):
     assert "INTERRUPTED" in out and "KeyboardInterrupt" in err
 
 
-def _second_link(pair):
-    pair.a.ip("link", "add", "vx-a", "type", "veth", "peer", "name", "vx-b", "netns",
-              pair.b.name)
-    subnet = int(pair.addr_a.split(".")[2])
-    for ns, ifname, host in ((pair.a, "vx-a", 1), (pair.b, "vx-b", 2)):
-        ns.ip("addr", "add", "198.19.%d.%d/24" % (subnet, host), "dev", ifname)
-        ns.ip("link", "set", ifname, "up")
-    return "198.19.%d.1" % subnet
-
-
 def _send_from(ns, address, payload):
     with nslib.in_namespace(ns):
         tx = udp_socket()
@@ -72,7 +61,7 @@ def _send_from(ns, address, payload):
 def test_receiving_goes_on_when_a_captured_interface_disappears(netpair, stack):
     """libpcap reports "The interface disappeared" on the next read: that capture is dropped,
     the waiter rebuilt, and the other devices go on (before: every receive raised)."""
-    second = _second_link(netpair)
+    second, _ = netpair.add_link()
     with nslib.in_namespace(netpair.a):
         sock = open_socket(stack, ("0.0.0.0", PORT))
     sock.settimeout(1.0)
@@ -90,18 +79,11 @@ def test_a_socket_bound_to_a_vanished_interface_says_so(netpair, stack):
     with nslib.in_namespace(netpair.a):
         sock = open_socket(stack, (netpair.addr_a, PORT))
     sock.settimeout(2.0)
-    errors = []
-
-    def blocked():
-        try:
-            sock.recvfrom(100)
-        except OSError as exc:
-            errors.append(exc)
-    worker = threading.Thread(target=blocked)
-    worker.start()
+    blocked = Background(lambda: sock.recvfrom(100))
     time.sleep(0.3)
     netpair.a.ip("link", "del", netpair.if_a)
-    worker.join(5)
+    blocked.join(5)
+    errors = [blocked.error]
     assert [e.errno for e in errors] == [errno.ENETDOWN]
     assert "The interface disappeared" in str(errors[0])
     with pytest.raises(OSError) as info:

@@ -15,7 +15,6 @@ import selectors
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 
@@ -23,7 +22,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_socket_support import UdpcapSocket, nslib, open_socket, udp_socket  # noqa: E402
+from test_socket_support import (Background, UdpcapSocket, nslib, open_socket,  # noqa: E402
+                                 udp_socket)
 from udpcap_ctypes import NotBoundError, SocketClosedError  # noqa: E402
 
 PORT = 15400
@@ -124,18 +124,10 @@ def test_a_huge_timeout_waits_and_close_still_wakes_it(netns, stack):
     with nslib.in_namespace(netns):
         sock = open_socket(stack, ("127.0.0.1", PORT))
     sock.settimeout(1e9)
-    errors = []
-
-    def blocked():
-        try:
-            sock.recvfrom(100)
-        except OSError as exc:
-            errors.append(exc)
-    worker = threading.Thread(target=blocked)
-    worker.start()
+    blocked = Background(lambda: sock.recvfrom(100))
     time.sleep(0.3)
     sock.close()
-    worker.join(5)
+    errors = [blocked.join(5).error]
     assert [type(e) for e in errors] == [SocketClosedError]
 
 
@@ -392,22 +384,12 @@ def test_fileno_works_before_bind_and_with_asyncio(netns, stack):
 # Group membership on one interface
 
 
-def _two_links(pair):
-    pair.a.ip("link", "add", "vx-a", "type", "veth", "peer", "name", "vx-b", "netns",
-              pair.b.name)
-    subnet = int(pair.addr_a.split(".")[2])
-    for ns, ifname, host in ((pair.a, "vx-a", 1), (pair.b, "vx-b", 2)):
-        ns.ip("addr", "add", "198.19.%d.%d/24" % (subnet, host), "dev", ifname)
-        ns.ip("link", "set", ifname, "up")
-    return "198.19.%d.1" % subnet, "198.19.%d.2" % subnet
-
-
 @pytest.mark.live
 @pytest.mark.parametrize("how", ["method", "ip_mreq", "ip_mreqn"])
 def test_a_group_joined_on_one_interface_arrives_only_there(netpair, stack, how):
     """As a socket: the mreq's interface restricts the group (it used to be ignored)."""
     group = "239.192.12.1"
-    second_a, second_b = _two_links(netpair)
+    second_a, second_b = netpair.add_link()
     with nslib.in_namespace(netpair.a):
         sock = open_socket(stack, ("0.0.0.0", PORT))
         if how == "method":

@@ -145,17 +145,6 @@ def test_ctrl_c_interrupts_a_blocking_receive_on_windows(machine, netpair):
 # 3. One bad adapter does not break everything
 
 
-def _second_link(pair):
-    """A second veth between the pair's namespaces: 198.19.<n>.1 in a, .2 in b."""
-    subnet = int(pair.addr_a.split(".")[2])
-    pair.a.ip("link", "add", "vx-a", "type", "veth", "peer", "name", "vx-b", "netns",
-              pair.b.name)
-    for ns, ifname, host in ((pair.a, "vx-a", 1), (pair.b, "vx-b", 2)):
-        ns.ip("addr", "add", "198.19.%d.%d/24" % (subnet, host), "dev", ifname)
-        ns.ip("link", "set", ifname, "up")
-    return "198.19.%d.1" % subnet
-
-
 def emulated_bind_with_a_failing_adapter(peer, target, port, bind_host):
     import logging
 
@@ -181,7 +170,7 @@ def emulated_bind_with_a_failing_adapter(peer, target, port, bind_host):
 
 def test_bind_any_goes_on_without_an_adapter_that_fails_to_open(machine, netpair):
     """udpcap logs a device that fails to open and goes on: bind fails only when none opens."""
-    second = _second_link(netpair)
+    second, _ = netpair.add_link()
     emulated = machine(adapters={netpair.if_a: {"open_error": 31}})
     result = emulated.call(netpair.a, emulated_bind_with_a_failing_adapter, peer=netpair.b.name,
                            target=second, port=_free_port(), bind_host="0.0.0.0")
@@ -263,7 +252,7 @@ def emulated_adapter_vanishes(peer, host, targets, port, bind_host, vanish):
 def test_receiving_goes_on_when_one_adapter_disappears(machine, netpair):
     """The driver sets the read event of a removed adapter and the next read fails with "The
     interface disappeared": that capture is dropped and the waiter rebuilt."""
-    second = _second_link(netpair)
+    second, _ = netpair.add_link()
     result = machine().call(netpair.a, emulated_adapter_vanishes, peer=netpair.b.name,
                             host=netpair.a.name, targets=[second], port=_free_port(),
                             bind_host="0.0.0.0", vanish=netpair.if_a)

@@ -92,13 +92,7 @@ def emulated_group_on_one_interface(peer, sources, local, interface, port):
 
 
 def test_a_group_joined_on_one_interface_on_windows(machine, netpair):
-    netpair.a.ip("link", "add", "vx-a", "type", "veth", "peer", "name", "vx-b", "netns",
-                 netpair.b.name)
-    subnet = int(netpair.addr_a.split(".")[2])
-    second_a, second_b = "198.19.%d.1" % subnet, "198.19.%d.2" % subnet
-    for ns, ifname, address in ((netpair.a, "vx-a", second_a), (netpair.b, "vx-b", second_b)):
-        ns.ip("addr", "add", address + "/24", "dev", ifname)
-        ns.ip("link", "set", ifname, "up")
+    second_a, second_b = netpair.add_link()
     got = machine().call(netpair.a, emulated_group_on_one_interface, peer=netpair.b.name,
                          sources=[[netpair.addr_b, "first"], [second_b, "second"]],
                          local=netpair.addr_a, interface=second_a, port=_free_port())
