@@ -4,9 +4,10 @@ Fixtures: ``netns`` (one namespace), ``netpair`` (two namespaces joined by veth,
 tests/netns.py), ``free_udp_port`` (a UDP port free on 127.0.0.1 at the time of the call).
 
 Marker ``live`` (registered in pyproject.toml): the test captures for real, so it needs root,
-a loadable libpcap and working ``ip netns``.  Outside CI such a test is skipped with the reason; with ``CI=true`` or
-``UDPCAP_STRICT=1`` every skip -- live or not, at collection, setup or call -- is turned into
-a failure carrying the skip reason, so a CI run can never pass by silently skipping.
+a loadable libpcap and working ``ip netns``.  Outside CI such a test is skipped with the
+reason; with ``CI=true`` or ``UDPCAP_STRICT=1`` every skip -- live or not, at collection,
+setup or call -- is turned into a failure carrying the skip reason, so a CI run can never
+pass by silently skipping.
 """
 
 import contextlib
@@ -16,13 +17,9 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import netns as _netns  # noqa: E402  (tests/netns.py, importable as "netns" from the tests)
+import netns as _netns  # tests/netns.py, importable as "netns" from the tests
 
 REPO = _netns.REPO
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 
 def strict_mode():

@@ -20,10 +20,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import abi_layout  # noqa: E402  (tests/abi_layout.py, a helper module, not a test)
-
-from udpcap_ctypes import _structs  # noqa: E402
+import abi_layout  # tests/abi_layout.py, a helper module, not a test
+from udpcap_ctypes import _structs
 
 # (abi, compiler, layout family, apt package that provides the compiler)
 TARGETS = [

@@ -9,21 +9,14 @@ proves the check can fail).
 """
 
 import ctypes
-import os
 import socket
 import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import netns as nslib  # noqa: E402
-
-if nslib.REPO not in sys.path:
-    sys.path.insert(0, nslib.REPO)
-from udpcap_ctypes import UdpcapSocket, _capture, _platform, _structs  # noqa: E402
-from udpcap_ctypes._loader import get_library  # noqa: E402
+from udpcap_ctypes import UdpcapSocket, _capture, _platform, _structs
+from udpcap_ctypes._loader import get_library
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PACKET_IGNORE_OUTGOING is a Linux packet-socket option")

@@ -19,8 +19,7 @@ import tempfile
 import pytest
 
 import netns as nslib
-from udpcap_ctypes import _loader
-from udpcap_ctypes import check
+from udpcap_ctypes import _loader, check
 
 REPO = nslib.REPO
 NOBODY = 65534

@@ -22,14 +22,9 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import netns as nslib  # noqa: E402
-
-if nslib.REPO not in sys.path:
-    sys.path.insert(0, nslib.REPO)      # also when run as a script
-from udpcap_ctypes import _pcap, _structs  # noqa: E402
-from udpcap_ctypes._loader import get_library  # noqa: E402
+import netns as nslib
+from udpcap_ctypes import _pcap, _structs
+from udpcap_ctypes._loader import get_library
 
 COUNT = 50
 ETH_HLEN = 14

@@ -10,10 +10,11 @@
    random order) mixed into hostile noise, through the real :meth:`Receiver.poll`,
    :class:`Reassembler` and delivery rules.  The harness replaces only the native reader: each
    fake capture's reader lays frames from a list out in batches of savefile records, exactly
-   what ``DumpBatchReader``/``NextExReader`` hand the receiver.  Every intact datagram must come out exactly
-   once, byte-identical, with its source address, and the reassembly memory must never exceed
-   its cap.  Noise never uses the intact datagrams' source addresses: someone who can forge
-   the (src, dst, ident) of a datagram in flight can always break it -- that is IPv4.
+   what ``DumpBatchReader``/``NextExReader`` hand the receiver.  Every intact datagram must
+   come out exactly once, byte-identical, with its source address, and the reassembly
+   memory must never exceed its cap.  Noise never uses the intact datagrams' source
+   addresses: someone who can forge the (src, dst, ident) of a datagram in flight can always
+   break it -- that is IPv4.
 """
 
 import collections
@@ -25,12 +26,11 @@ import time
 import pytest
 
 import packets as P
-from udpcap_ctypes import _capture
-from udpcap_ctypes._packet import (FRAGMENT, UDP, make_link_parser, parse_ipv4, parse_udp)
+from udpcap_ctypes import _capture, _platform
+from udpcap_ctypes._packet import FRAGMENT, UDP, make_link_parser, parse_ipv4, parse_udp
 from udpcap_ctypes._reassembly import Reassembler
 from udpcap_ctypes._receiver import Receiver, _OpenCapture
 from udpcap_ctypes._stats import Statistics
-from udpcap_ctypes import _platform
 from udpcap_ctypes.udpcap_socket import Options
 
 LINKTYPES = sorted(P.LINK_WRAPPERS)
@@ -275,7 +275,8 @@ class ListBatchReader(_capture.BatchReader):
     ``refill()`` lays out 1..64 frames as ``pcap_dump`` would (16-byte native-order record
     header + captured bytes) from :attr:`start` (0) in one fixed buffer behind :attr:`view` and
     returns their count, exactly the contract of ``DumpBatchReader``/``NextExReader``; bytes
-    of earlier batches stay behind the end, as they do in the real buffer.  Before every batch it checks the reassembly memory against its cap.
+    of earlier batches stay behind the end, as they do in the real buffer.  Before every batch
+    it checks the reassembly memory against its cap.
     """
 
     def __init__(self, frames, rng, receiver, watch):

@@ -15,8 +15,16 @@ import sys
 import pytest
 
 import packets as P
-from udpcap_ctypes._packet import (FRAGMENT, UDP, UnsupportedLinkType, make_link_parser,
-                                   make_outgoing_test, parse_ipv4, parse_udp, udp_checksum_ok)
+from udpcap_ctypes._packet import (
+    FRAGMENT,
+    UDP,
+    UnsupportedLinkType,
+    make_link_parser,
+    make_outgoing_test,
+    parse_ipv4,
+    parse_udp,
+    udp_checksum_ok,
+)
 from udpcap_ctypes._stats import MALFORMED_REASONS, Statistics
 
 SRC = "198.18.0.1"

@@ -386,7 +386,7 @@ def test_live_tcpdump_capture_replayed(netpair, tmp_path):
         sizes = [0, 1, 64, 1400, 1472, 1473, 5000, 5000, 5000, 12000, 30000, 65507]
         sink.settimeout(5)
         received = []
-        for index in range(3):
+        for _ in range(3):
             for size in sizes:
                 payload = datagram(rng, len(sent), size)
                 sender.sendto(payload, (netpair.addr_b, PORT))

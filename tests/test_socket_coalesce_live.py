@@ -6,7 +6,6 @@ and still delivers every datagram exactly once and in order.  At a low rate it n
 so a lone datagram pays no added latency.  ``coalesce=0`` is the control: never a pause.
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -14,11 +13,9 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_socket_support import UdpcapSocket, receive  # noqa: E402
-from udpcap_ctypes import _platform  # noqa: E402
-from udpcap_ctypes.udpcap_socket import MAX_COALESCE  # noqa: E402
+from test_socket_support import UdpcapSocket, receive
+from udpcap_ctypes import _platform
+from udpcap_ctypes.udpcap_socket import MAX_COALESCE
 
 pytestmark = pytest.mark.live
 
@@ -26,7 +23,8 @@ pytestmark = pytest.mark.live
 # (256 frames at the default buffer) many times over, so no capture drop is excusable.
 SENDER = r"""
 import socket, sys, time
-port, bursts, burst, pause = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+port, bursts, burst = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+pause = float(sys.argv[4])
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 seq = 0
 for _ in range(bursts):

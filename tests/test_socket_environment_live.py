@@ -16,9 +16,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_socket_support import nslib  # noqa: E402
+from test_socket_support import nslib
 
 pytestmark = pytest.mark.live
 

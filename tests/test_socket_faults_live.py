@@ -6,18 +6,14 @@ that names it).  The Windows side of each is in tests/test_windows_emulated_faul
 """
 
 import errno
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_socket_support import Background, nslib, open_socket, udp_socket  # noqa: E402
+from test_socket_support import Background, nslib, open_socket, udp_socket
 
 pytestmark = pytest.mark.live
 

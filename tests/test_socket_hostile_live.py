@@ -11,15 +11,11 @@ import contextlib
 import os
 import re
 import socket
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import packets as pk  # noqa: E402
-from test_socket_support import (UdpcapSocket, assert_quiet, nslib,  # noqa: E402
-                                 receive_payloads)
+import packets as pk
+from test_socket_support import UdpcapSocket, assert_quiet, nslib, receive_payloads
 
 pytestmark = pytest.mark.live
 

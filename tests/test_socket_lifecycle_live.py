@@ -7,16 +7,12 @@ of this machine reaches their captures; leak checks count ``/proc/self/fd`` entr
 
 import contextlib
 import os
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_socket_support import (Background, UdpcapSocket, fd_count, nslib,  # noqa: E402
-                                 receive, udp_socket)
-from udpcap_ctypes import SocketClosedError  # noqa: E402
+from test_socket_support import Background, UdpcapSocket, fd_count, nslib, receive, udp_socket
+from udpcap_ctypes import SocketClosedError
 
 pytestmark = pytest.mark.live
 

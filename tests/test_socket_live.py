@@ -22,12 +22,20 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_socket_support import (QUIET, Background, UdpcapSocket, assert_quiet,  # noqa: E402
-                                 fd_count, nslib, open_socket, payload, receive,
-                                 receive_payloads, udp_socket)
-from udpcap_ctypes import NotBoundError, SocketClosedError, _platform  # noqa: E402
+from test_socket_support import (
+    QUIET,
+    Background,
+    UdpcapSocket,
+    assert_quiet,
+    fd_count,
+    nslib,
+    open_socket,
+    payload,
+    receive,
+    receive_payloads,
+    udp_socket,
+)
+from udpcap_ctypes import NotBoundError, SocketClosedError, _platform
 
 pytestmark = pytest.mark.live
 

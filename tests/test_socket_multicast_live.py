@@ -17,16 +17,20 @@ import errno
 import os
 import socket
 import struct
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_socket_support import (Collector, assert_quiet, nslib, open_socket,  # noqa: E402
-                                 receive, receive_payloads, udp_socket)
-from udpcap_ctypes import SocketClosedError  # noqa: E402
+from test_socket_support import (
+    Collector,
+    assert_quiet,
+    nslib,
+    open_socket,
+    receive,
+    receive_payloads,
+    udp_socket,
+)
+from udpcap_ctypes import SocketClosedError
 
 pytestmark = pytest.mark.live
 

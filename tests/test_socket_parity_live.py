@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import errno
 import gc
-import os
 import selectors
 import socket
 import subprocess
@@ -20,11 +19,8 @@ import warnings
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_socket_support import (Background, UdpcapSocket, nslib, open_socket,  # noqa: E402
-                                 udp_socket)
-from udpcap_ctypes import NotBoundError, SocketClosedError  # noqa: E402
+from test_socket_support import Background, UdpcapSocket, nslib, open_socket, udp_socket
+from udpcap_ctypes import NotBoundError, SocketClosedError
 
 PORT = 15400
 

@@ -16,20 +16,13 @@ import contextlib
 import os
 import queue
 import socket
-import sys
 import threading
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import netns as nslib  # noqa: E402
-
-if nslib.REPO not in sys.path:
-    sys.path.insert(0, nslib.REPO)
-
-from udpcap_ctypes import UdpcapSocket  # noqa: E402,F401  (re-exported for the test files)
+import netns as nslib
+from udpcap_ctypes import UdpcapSocket  # noqa: F401  (re-exported for the test files)
 
 RECV_TIMEOUT = 3.0      # generous upper bound for a datagram that must arrive
 QUIET = 0.4             # how long "nothing more arrives" is watched

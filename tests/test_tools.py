@@ -17,15 +17,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+import _common  # tools/ is on pytest's pythonpath (pyproject.toml)
+import bench
+import bench_replay
+import send
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
-
-import _common  # noqa: E402  (tools/_common.py)
-import bench  # noqa: E402
-import bench_replay  # noqa: E402
-import send  # noqa: E402
 
 
 def free_port():
@@ -321,7 +319,6 @@ def test_pcap_writer_large_datagram_reads_back(tmp_path):
 # --------------------------------------------------------------------------- UdpcapSocket
 
 def require_udpcap_socket():
-    sys.path.insert(0, REPO)
     import udpcap_ctypes
     try:
         present = hasattr(udpcap_ctypes, "UdpcapSocket")

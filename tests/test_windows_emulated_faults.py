@@ -404,8 +404,9 @@ def test_localized_texts_and_descriptions_are_decoded_right(machine, netpair, pc
 
 
 def emulated_library_location():
-    from udpcap_ctypes import _loader
     import boot
+
+    from udpcap_ctypes import _loader
     library = _loader.get_library()
     return {"path": library.path, "packet": library.packet_path,
             "system_root": os.environ.get("SystemRoot"),

@@ -106,7 +106,7 @@ def emulated_lone_datagrams_wake_blocked_receives(peer, target, port, rounds):
             watchdog.start()
             box = []
 
-            def receive():
+            def receive(box=box):
                 try:
                     box.append(sock.recvfrom(2048)[0].decode())
                 except SocketClosedError:

@@ -43,7 +43,7 @@ def test_every_prototype_row_declares_restype_and_argtypes_with_documented_count
         for argtype in argtypes:
             assert hasattr(argtype, "from_param"), (name, argtype)
     handle_funcs = {"CreateEventW", "GetCurrentProcess", "OpenSCManagerW", "OpenServiceW"}
-    for dll, name, restype, argtypes in _win32.WIN32_PROTOTYPES:
+    for _dll, name, restype, _argtypes in _win32.WIN32_PROTOTYPES:
         if name in handle_funcs:
             assert restype is ctypes.c_void_p, name     # never the default int: 64-bit handles
 
@@ -83,7 +83,7 @@ def _c_checks_for_target(pointer_size):
         constants["SERVICE_" + state.upper()] = value
     for name, value in sorted(constants.items()):
         lines.append('_Static_assert((unsigned long)(%s) == %dUL, "%s");' % (name, value, name))
-    for index, (dll, name, ret, args) in enumerate(_win32.WIN32_SIGNATURES):
+    for index, (_dll, name, ret, args) in enumerate(_win32.WIN32_SIGNATURES):
         # Assigning the real function to a pointer of our type fails to compile unless return
         # type, argument types, their number and the WINAPI (stdcall) convention all agree.
         lines.append("%s (WINAPI *check_%d)(%s) = %s;"

@@ -218,7 +218,7 @@ def import_udpcap_socket():
     ensure_package_importable()
     import udpcap_ctypes
     try:
-        cls = getattr(udpcap_ctypes, "UdpcapSocket")
+        cls = udpcap_ctypes.UdpcapSocket
     except (AttributeError, ImportError) as exc:
         try:
             from udpcap_ctypes.udpcap_socket import UdpcapSocket as cls

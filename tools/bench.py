@@ -143,6 +143,7 @@ def open_bench_receiver(name, host, port, rcvbuf, iface):
 
 def _open_pypcap(host, port, rcvbuf, iface):
     import select
+
     import dpkt
     import pcap
     state = {"timeout": None}
@@ -499,7 +500,7 @@ class Bench:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise RuntimeError("receiver did not finish within %.0f s" % timeout)
+            raise RuntimeError("receiver did not finish within %.0f s" % timeout) from None
         for line in out.splitlines():
             if line.startswith("RESULT "):
                 return json.loads(line[7:])
@@ -823,7 +824,8 @@ def summarize_stream(runs, info):
             errors = [e for e in cell.get("errors", []) if e.startswith("stream:")]
             if not streams and not errors:
                 continue
-            med = lambda key: _common.median(r.get(key) for r in streams)  # noqa: E731
+            med = lambda key, streams=streams: _common.median(  # noqa: E731
+                r.get(key) for r in streams)
             rows.append({
                 "receiver": receiver, "size": int(size), "path": cell["path"],
                 "target_rate": (info.get(size) or {}).get("rate"), "repeats": len(streams),

@@ -160,7 +160,7 @@ def replay_pypcap(path):
     started = time.process_time()
     while handle.dispatch(-1, lambda _ts, frame: keep(frame)) > 0 or frames:
         while frames:
-            dpkt.ethernet.Ethernet(frames.popleft()).data.data.data
+            _ = dpkt.ethernet.Ethernet(frames.popleft()).data.data.data   # parse to UDP
             received += 1
     elapsed = time.process_time() - started
     handle.close()

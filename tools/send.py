@@ -155,8 +155,8 @@ def send(dest, port, size=64, rate=None, mbps=None, count=None, duration=None, t
                     todo = min(todo, MAX_BURST)
                 else:
                     todo = MAX_BURST if count is None else min(MAX_BURST, count - sent)
-                for seq in range(seq, seq + todo):
-                    pack_seq_time(buf, offset, seq, now_ns())
+                for number in range(seq, seq + todo):
+                    pack_seq_time(buf, offset, number, now_ns())
                     try:
                         sendto(buf, addr)
                     except OSError as exc:
@@ -164,7 +164,7 @@ def send(dest, port, size=64, rate=None, mbps=None, count=None, duration=None, t
                             raise
                         if not _send_retrying(sendto, buf, addr):
                             errors += 1
-                seq += 1
+                seq += todo
                 if live.enabled and now >= next_show:
                     done, elapsed = seq - start_seq, now - start
                     live.show("sent %d  %s" % (done, _common.format_rate(

@@ -5,8 +5,13 @@ the receive side of IPv4/UDP in user space, behind a ``socket.socket``-shaped cl
 Importing this package loads no native library; ``UdpcapSocket()`` does, once per process.
 """
 
-from .errors import (CaptureUnavailableError, NotBoundError, PcapError, SocketClosedError,
-                     UdpcapError)
+from .errors import (
+                     CaptureUnavailableError,
+                     NotBoundError,
+                     PcapError,
+                     SocketClosedError,
+                     UdpcapError,
+)
 from .udpcap_socket import UdpcapSocket
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ import threading
 from . import _pcap, _structs
 from .errors import PcapError
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 # pcap_compile() keeps parser state in globals in many libpcap versions: serialise it.
 _compile_lock = threading.Lock()

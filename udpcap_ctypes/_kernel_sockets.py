@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 _MIN_RCVBUF = 1     # the kernel rounds this up to its minimum
 

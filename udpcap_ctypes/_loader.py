@@ -28,7 +28,7 @@ import threading
 from . import _pcap, _structs
 from .errors import CaptureUnavailableError
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 ENV_OVERRIDE = "UDPCAP_CTYPES_LIBPCAP"
 POSIX_SONAMES = ("libpcap.so.1", "libpcap.so.0.8", "libpcap.so", "libpcap.A.dylib",

@@ -18,7 +18,7 @@ import logging
 from . import _structs
 from .errors import PcapError
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 PCAP_ERRBUF_SIZE = 256
 

@@ -18,7 +18,7 @@ import threading
 
 from . import _pcap
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 MAX_SNAPLEN = 262144
 LINK_OVERHEAD = 64            # link header + up to two VLAN tags + slack, above the MTU

@@ -22,7 +22,7 @@ from ._kernel_sockets import MembershipHolder, PortGuard
 from ._reassembly import Reassembler
 from .errors import PcapError
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 _u16 = struct.Struct("!H")
 _monotonic = time.monotonic

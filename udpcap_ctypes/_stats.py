@@ -28,7 +28,8 @@ class Statistics:
     """Counters of one socket.  All attributes are ints; ``malformed`` maps reason -> count."""
 
     __slots__ = (
-        "frames", "accepted", "accepted_bytes", "delivered", "delivered_bytes", "truncated_deliveries", "not_for_us",
+        "frames", "accepted", "accepted_bytes", "delivered", "delivered_bytes",
+        "truncated_deliveries", "not_for_us",
         "own_multicast_dropped", "malformed", "fragments", "reassembled",
         "reassembly_timeouts", "reassembly_evictions", "fragments_unwanted",
         "pending_datagrams", "pending_bytes", "capture_drops", "coalesced_waits",

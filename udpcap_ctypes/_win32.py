@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # Win32 constants (winbase.h, winnt.h, winsvc.h, winerror.h)
@@ -370,7 +370,7 @@ class WinregReader:
         """``{value name: data}`` of *subkey*, or None when the key does not exist."""
         winreg = self._winreg
         if winreg is None:
-            import winreg      # Windows only; imported here so the module imports anywhere
+            import winreg  # Windows only; imported here so the module imports anywhere
             self._winreg = winreg
         try:
             key = winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, subkey, 0, winreg.KEY_READ)
@@ -524,7 +524,7 @@ def _milliseconds(seconds):
 
 def _import_winapi():
     try:
-        import _winapi       # CPython's own Windows calls (Windows only)
+        import _winapi  # CPython's own Windows calls (Windows only)
     except ImportError:
         return None
     return _winapi

@@ -34,7 +34,7 @@ import time
 from . import _loader, _structs
 from .errors import CaptureUnavailableError
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger("udpcap_ctypes.check")   # also when run as __main__
 
 DEFAULT_COUNT = 200
 SEND_INTERVAL = 0.0005          # seconds between self-test datagrams (2000/s: nothing is lost)

@@ -25,7 +25,7 @@ from ._receiver import Receiver, ip_text, is_multicast
 from ._stats import Statistics
 from .errors import NotBoundError, SocketClosedError
 
-log = logging.getLogger("udpcap_ctypes")
+log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
 MIN_RECEIVE_BUFFER = 65535
@@ -588,7 +588,7 @@ class UdpcapSocket:
         # An open socket that is garbage-collected: warn, as a socket does, and release it.
         if getattr(self, "_closed", True):
             return
-        warnings.warn("unclosed %r" % (self,), ResourceWarning, source=self)
+        warnings.warn("unclosed %r" % (self,), ResourceWarning, stacklevel=1, source=self)
         try:
             self.close()
         except Exception:

@@ -26,8 +26,6 @@ What "Windows" means here, at each boundary udpcap_ctypes crosses:
 * the ``mbcs`` codec: the ANSI code page of the emulated machine, cp1252.
 """
 
-import sys
-
 # Imported before sys.platform changes: they pick their implementation at import time.
 import asyncio  # noqa: F401  (each picks its implementation at import)
 import codecs
@@ -42,6 +40,7 @@ import selectors  # noqa: F401
 import signal
 import socket  # noqa: F401
 import subprocess  # noqa: F401
+import sys
 import threading
 import traceback
 import types
