@@ -11,7 +11,9 @@ the tests compare the parser with a second implementation:
 * link layers: :func:`ethernet` (with 802.1Q/802.1ad tags and padding), :func:`sll`,
   :func:`sll2`, :func:`null` (DLT_NULL, either byte order), :func:`loop` (DLT_LOOP),
   :func:`raw`, and :data:`LINK_WRAPPERS` by link type;
-* :func:`write_pcap` -- a classic pcap savefile.
+* :func:`write_pcap` -- a classic pcap savefile;
+* :func:`record_frames`, :func:`batch_frames` -- the frames of savefile-format records, as the
+  capture's batch readers and ``pending_records`` lay them out.
 
 Addresses are ints or dotted-quad strings.
 """
@@ -250,3 +252,31 @@ def read_pcap(path):
         frames.append(data[pos + 16:pos + 16 + caplen])
         pos += 16 + caplen
     return linktype, frames
+
+
+_RECORD_CAPLEN = struct.Struct("=I")
+
+
+def record_frames(records, count):
+    """The frames (bytes, caplen each) of *count* savefile-format records in *records*."""
+    frames, pos = [], 0
+    for _ in range(count):
+        caplen = _RECORD_CAPLEN.unpack_from(records, pos + 8)[0]
+        frames.append(bytes(records[pos + 16:pos + 16 + caplen]))
+        pos += 16 + caplen
+    return frames
+
+
+def batch_frames(reader):
+    """``[(start, end)]`` in ``reader.view`` of every frame of one ``reader.refill()``,
+    reported back as consumed (the contract of the capture's batch readers)."""
+    count = reader.refill()
+    if not count:
+        return []           # no batch: nothing to report consumed (start is stale)
+    out, pos = [], reader.start
+    for _ in range(count):
+        caplen = _RECORD_CAPLEN.unpack_from(reader.view, pos + 8)[0]
+        out.append((pos + 16, pos + 16 + caplen))
+        pos += 16 + caplen
+    reader.consumed(pos)
+    return out

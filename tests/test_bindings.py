@@ -24,7 +24,7 @@ import types
 
 import pytest
 
-from udpcap_ctypes import _loader, _pcap
+from udpcap_ctypes import _bind, _loader, _pcap
 from udpcap_ctypes.errors import CaptureUnavailableError, PcapError, UdpcapError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,25 +45,30 @@ def library():
 def test_every_bound_function_has_the_declared_types(library):
     assert not library.windows and library.kind == "libpcap"
     assert "libpcap version" in library.version
-    fns = vars(library.fns)
-    expected = {row[0] for row in _pcap.PROTOTYPES if row[4] != "win"}
+    fns = {name: value for name, value in vars(library.fns).items()
+           if name.startswith("pcap_")}
+    expected = {row.name for row in _pcap.PROTOTYPES if row.applies(windows=False)}
     assert set(fns) == expected, "bound functions differ from the non-Windows table rows"
-    for name, restype, argtypes, errcheck, where in _pcap.PROTOTYPES:
-        if where == "win":
+    for row in _pcap.PROTOTYPES:
+        if not row.applies(windows=False):
             continue
-        func = fns[name]
-        assert isinstance(func, ctypes._CFuncPtr), "%s is not a real function: %r" % (name, func)
-        assert func.restype is restype, "%s.restype is %r, table says %r" % (name, func.restype,
-                                                                              restype)
-        assert func.argtypes is not None, "%s.argtypes was never set" % name
-        assert tuple(func.argtypes) == tuple(argtypes), name
-        assert func.errcheck is errcheck, name
+        func = fns[row.name]
+        assert isinstance(func, ctypes._CFuncPtr), "%s is not a real function: %r" % (row.name,
+                                                                                      func)
+        assert func.restype is row.restype, "%s.restype is %r, table says %r" % (
+            row.name, func.restype, row.restype)
+        assert func.argtypes is not None, "%s.argtypes was never set" % row.name
+        assert tuple(func.argtypes) == tuple(row.argtypes), row.name
+        if row.errcheck is None:
+            assert getattr(func, "errcheck", None) is None, row.name
+        else:                                   # the factory's closure over this table
+            assert func.errcheck.__qualname__.startswith(row.errcheck.__name__), row.name
 
 
 def test_every_all_and_posix_row_is_exported_by_debian_libpcap(library):
     raw = ctypes.CDLL(library.path)          # a fresh handle: nothing declared on it
-    missing = [row[0] for row in _pcap.PROTOTYPES
-               if row[4] in ("all", "posix") and not hasattr(raw, row[0])]
+    missing = [row.name for row in _pcap.PROTOTYPES
+               if row.applies(windows=False) and not hasattr(raw, row.name)]
     assert missing == []
 
 
@@ -90,19 +95,18 @@ def test_bound_functions_work_on_the_real_library(library):
 
 
 # --------------------------------------------------------------------------------------------
-# bind_prototypes with functions the library lacks
+# binding a table with functions the library lacks
 # --------------------------------------------------------------------------------------------
 
 def test_windows_rows_against_the_real_linux_libpcap_become_stubs(library):
     """Binding the table for Windows against Debian's libpcap (which lacks the wpcap.dll
     extensions) yields stubs, not an AttributeError; calling one explains what is missing."""
     raw = ctypes.CDLL(library.path)
-    fns = _pcap.bind_prototypes(raw, _pcap.PROTOTYPES, windows=True,
-                                library_description="Debian libpcap (test)")
+    fns = _pcap.bind_library(raw, True, "Debian libpcap (test)")
     for name in ("pcap_getevent", "pcap_setmintocopy", "pcap_setbuff", "pcap_oid_get_request"):
         stub = getattr(fns, name)
-        assert isinstance(stub, _pcap.MissingFunction) and not stub
-        with pytest.raises(PcapError) as info:
+        assert isinstance(stub, _bind.Missing) and not stub
+        with pytest.raises(OSError) as info:
             stub(None, 0)
         assert info.value.errno == errno.ENOSYS
         assert name in str(info.value) and "Debian libpcap (test)" in str(info.value)
@@ -117,19 +121,17 @@ def test_fake_old_library_lacking_a_function_gets_a_stub_naming_the_version(libr
     old_libpcap = types.SimpleNamespace(pcap_lib_version=raw.pcap_lib_version,
                                         pcap_create=raw.pcap_create)
     table = [row for row in _pcap.PROTOTYPES
-             if row[0] in ("pcap_lib_version", "pcap_create", "pcap_set_immediate_mode")]
-    fns = _pcap.bind_prototypes(old_libpcap, table, windows=False,
-                                library_description="old libpcap")
+             if row.name in ("pcap_lib_version", "pcap_create", "pcap_set_immediate_mode")]
+    fns = _pcap.bind_library(old_libpcap, False, "old libpcap", table)
     assert fns.pcap_lib_version.restype is ctypes.c_char_p
     assert fns.pcap_lib_version().startswith(b"libpcap")
-    with pytest.raises(PcapError, match=r"pcap_set_immediate_mode is not exported by old "
-                                        r"libpcap; it needs libpcap 1\.5"):
+    with pytest.raises(OSError, match=r"pcap_set_immediate_mode is not exported by old "
+                                      r"libpcap; it needs libpcap 1\.5"):
         fns.pcap_set_immediate_mode(None, 1)
 
     old_packet_dll = types.SimpleNamespace()
-    packet = _pcap.bind_prototypes(old_packet_dll, _pcap.PACKET_PROTOTYPES, windows=True,
-                                   library_description="Packet.dll")
-    with pytest.raises(PcapError, match=r"PacketGetInfo .*Npcap 1\.81 or newer"):
+    packet = _bind.bind(old_packet_dll, _pcap.PACKET_PROTOTYPES, True, "Packet.dll")
+    with pytest.raises(OSError, match=r"PacketGetInfo .*Npcap 1\.81 or newer"):
         packet.PacketGetInfo(None, None)
     assert not packet.PacketGetVersion
 

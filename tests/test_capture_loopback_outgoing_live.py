@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from packets import batch_frames
 from udpcap_ctypes import UdpcapSocket, _capture, _platform, _structs
 from udpcap_ctypes._loader import get_library
 
@@ -43,7 +44,7 @@ def _read_payloads(capture, port):
     view = capture.reader.view
     payloads = []
     while True:
-        frames = capture.reader.frames()
+        frames = batch_frames(capture.reader)
         if not frames:
             return payloads
         for start, end in frames:

@@ -1,7 +1,7 @@
 """First live capture: libpcap through the binding, on a real loopback, with real sockets.
 
-Opens a capture on ``lo`` with the raw functions of ``udpcap_ctypes._pcap`` (no socket layer),
-compiles a per-port BPF filter, sends datagrams of distinct content with a real UDP socket to
+Opens the shipped capture (``udpcap_ctypes._capture.Capture``, no socket layer) on ``lo`` with
+a per-port BPF filter, sends datagrams of distinct content with a real UDP socket to
 127.0.0.1 and receives them with ``pcap_next_ex``, waiting on ``pcap_get_selectable_fd`` with
 ``select.poll``.  The same round trip then runs in a fresh network namespace (its own ``lo``),
 in a subprocess and in-process via ``setns``; and two plain-socket tests prove that the
@@ -11,7 +11,6 @@ Run as a script (``python tests/test_live_capture_lo.py roundtrip``) it performs
 in whatever namespace it was started in and prints the result as JSON.
 """
 
-import ctypes
 import json
 import os
 import select
@@ -23,7 +22,8 @@ import time
 import pytest
 
 import netns as nslib
-from udpcap_ctypes import _pcap, _structs
+from packets import record_frames
+from udpcap_ctypes import _capture, _pcap
 from udpcap_ctypes._loader import get_library
 
 COUNT = 50
@@ -31,74 +31,42 @@ ETH_HLEN = 14
 ETHERTYPE_IPV4 = 0x0800
 
 
-class Capture:
-    """A libpcap handle opened with the binding's raw functions; a context manager."""
+class LoCapture:
+    """The shipped :class:`udpcap_ctypes._capture.Capture` on *device* with *bpf_filter*, as
+    this test drives it: frames copied out with ``pending_records``, waits on its selectable
+    fd with ``select.poll``; a context manager."""
 
-    def __init__(self, device, bpf_filter, timeout_ms=100, buffer_size=16 << 20):
-        self.fns = fns = get_library().fns
-        errbuf = ctypes.create_string_buffer(_pcap.PCAP_ERRBUF_SIZE)
-        self.handle = fns.pcap_create(device.encode(), errbuf)
+    def __init__(self, device, bpf_filter, buffer_size=16 << 20):
+        # 16 MiB: immediate mode cuts the ring into slots sized from the snaplen (64 KiB frames
+        # on lo), so the 2 MiB default would hold only about 30 of them.
+        self.capture = _capture.Capture(get_library().fns, device, 65535, buffer_size,
+                                        immediate=True, promiscuous=False)
         try:
-            fns.pcap_set_snaplen(self.handle, 65535)
-            fns.pcap_set_immediate_mode(self.handle, 1)
-            fns.pcap_set_timeout(self.handle, timeout_ms)
-            # Needed: with immediate mode libpcap uses a TPACKET_V2 ring of snaplen-sized slots
-            # (128 KiB each on lo), so the 2 MiB default holds only 16 frames.
-            fns.pcap_set_buffer_size(self.handle, buffer_size)
-            status = fns.pcap_activate(self.handle)
-            if status < 0:
-                raise _pcap.status_error("pcap_activate", status, self.handle)
-            self.activate_warning = status          # 0, or a positive PCAP_WARNING_*
-            fns.pcap_setnonblock(self.handle, 1, errbuf)
-            program = _structs.bpf_program()
-            fns.pcap_compile(self.handle, ctypes.byref(program), bpf_filter.encode(), 1,
-                             _pcap.PCAP_NETMASK_UNKNOWN)
-            try:
-                fns.pcap_setfilter(self.handle, ctypes.byref(program))
-            finally:
-                fns.pcap_freecode(ctypes.byref(program))
-            self.linktype = fns.pcap_datalink(self.handle)
-            self.fd = fns.pcap_get_selectable_fd(self.handle)
+            self.capture.set_filter(bpf_filter)
+            self.linktype = self.capture.linktype
+            self.fd = self.capture.selectable_fd()
             if self.fd < 0:
                 raise AssertionError("pcap_get_selectable_fd returned %d on Linux" % self.fd)
             self.poller = select.poll()
             self.poller.register(self.fd, select.POLLIN)
         except BaseException:
-            self.close()
+            self.capture.close()
             raise
-        self._hdr = _pcap.P_pkthdr()
-        self._data = ctypes.c_void_p()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self.capture.close()
         return False
 
-    def close(self):
-        if self.handle:
-            self.fns.pcap_close(self.handle)
-            self.handle = None
-
     def drain(self):
-        """Every frame queued now (non-blocking ``pcap_next_ex`` until it returns 0)."""
-        frames = []
-        while True:
-            rc = self.fns.pcap_next_ex(self.handle, ctypes.byref(self._hdr),
-                                       ctypes.byref(self._data))
-            if rc == 0:
-                return frames
-            if rc != 1:
-                raise _pcap.status_error("pcap_next_ex", rc, self.handle)
-            caplen = self._hdr.contents.caplen          # caplen, never len
-            frames.append(ctypes.string_at(self._data.value, caplen))
+        """Every frame queued now, as bytes (caplen bytes each, never len)."""
+        return record_frames(*self.capture.pending_records())
 
     def dropped(self):
-        """Frames the kernel dropped because the ring was full (``ps_drop``)."""
-        stat = _structs.pcap_stat()
-        self.fns.pcap_stats(self.handle, ctypes.byref(stat))
-        return stat.ps_drop
+        """Frames the kernel dropped because the ring was full."""
+        return self.capture.drops()
 
     def wait(self, timeout_s):
         """Block on the selectable fd; True when it became readable."""
@@ -140,7 +108,7 @@ def roundtrip(count=COUNT, device="lo", deadline_s=10.0):
         target.bind(("127.0.0.1", 0))
         other.bind(("127.0.0.1", 0))
         port, other_port = target.getsockname()[1], other.getsockname()[1]
-        with Capture(device, "udp dst port %d" % port) as cap:
+        with LoCapture(device, "udp dst port %d" % port) as cap:
             if cap.linktype != _pcap.DLT_EN10MB:
                 raise AssertionError("lo link type %d, expected DLT_EN10MB" % cap.linktype)
             for i in range(count):
@@ -159,7 +127,7 @@ def roundtrip(count=COUNT, device="lo", deadline_s=10.0):
             dropped = cap.dropped()
     parsed = [parse_ipv4_udp(f) for f in frames]
     return {"port": port, "other_port": other_port, "frames": len(frames), "wakeups": wakeups,
-            "dropped": dropped, "parsed": parsed, "activate_warning": cap.activate_warning}
+            "dropped": dropped, "parsed": parsed}
 
 
 def check_roundtrip(result, count=COUNT):

@@ -290,9 +290,10 @@ def _check_type(c_type, ctype, what):
 ROWS = list(_pcap.PROTOTYPES)
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[row[0] for row in ROWS])
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_prototype_row_matches_header(declarations, row):
-    name, restype, argtypes, errcheck, where = row
+    name, restype, argtypes, errcheck, where = (row.name, row.restype, row.argtypes,
+                                                row.errcheck, row.platforms)
     assert name in declarations, "%s is not declared in %s" % (name, HEADERS)
     decls = declarations[name]
     states = {d.win for d in decls}
@@ -307,8 +308,8 @@ def test_prototype_row_matches_header(declarations, row):
             assert restype is None, "%s returns void (%s)" % (name, decl.where())
         else:
             _check_type(decl.ret, restype, "%s return type (%s)" % (name, decl.where()))
-    if where == "win":
-        assert states == {True}, "%s is marked win but declared outside _WIN32 at %s" % (
+    if where == "windows":
+        assert states == {True}, "%s is marked windows but declared outside _WIN32 at %s" % (
             name, [d.where() for d in decls])
     elif where == "posix":
         assert True not in states and states, "%s is marked posix but declared in _WIN32" % name
@@ -324,14 +325,14 @@ def test_oid_get_request_takes_a_size_t_pointer(declarations):
     (64-bit on Win64), so a c_uint pointer would let Npcap write 8 bytes into 4."""
     (decl,) = declarations["pcap_oid_get_request"]
     assert decl.args[3] == "size_t *"
-    row = [r for r in _pcap.PROTOTYPES if r[0] == "pcap_oid_get_request"][0]
-    argtype = row[2][3]
+    row = [r for r in _pcap.PROTOTYPES if r.name == "pcap_oid_get_request"][0]
+    argtype = row.argtypes[3]
     assert issubclass(argtype, ctypes._Pointer) and argtype._type_ is ctypes.c_size_t
-    assert row[2][1] is ctypes.c_uint32 and decl.args[1] == "bpf_u_int32"
+    assert row.argtypes[1] is ctypes.c_uint32 and decl.args[1] == "bpf_u_int32"
 
 
 def test_table_has_no_duplicates():
-    names = [row[0] for row in _pcap.PROTOTYPES + _pcap.PACKET_PROTOTYPES]
+    names = [row.name for row in _pcap.PROTOTYPES + _pcap.PACKET_PROTOTYPES]
     assert len(names) == len(set(names))
 
 
@@ -353,15 +354,17 @@ PACKET32_H = {
 
 
 @pytest.mark.parametrize("row", _pcap.PACKET_PROTOTYPES,
-                         ids=[r[0] for r in _pcap.PACKET_PROTOTYPES])
+                         ids=[r.name for r in _pcap.PACKET_PROTOTYPES])
 def test_packet_dll_row_matches_packet32_h(row):
-    name, restype, argtypes, errcheck, where = row
-    assert name in PACKET32_H, "%s is not in the Packet32.h table of this test" % name
-    _signature, expected_restype, expected_args = PACKET32_H[name]
-    assert restype is expected_restype, name
-    assert list(argtypes) == expected_args, name
-    assert where == "win" and errcheck is None
+    assert row.name in PACKET32_H, "%s is not in the Packet32.h table of this test" % row.name
+    _signature, expected_restype, expected_args = PACKET32_H[row.name]
+    assert row.restype is expected_restype, row.name
+    assert list(row.argtypes) == expected_args, row.name
+    assert row.platforms == "windows" and row.errcheck is None
 
 
-def test_packet_get_info_needs_npcap_1_81_note():
-    assert "1.81" in _pcap.MINIMUM_VERSION_NOTES["PacketGetInfo"]
+def test_every_row_newer_than_the_oldest_libraries_says_which_version_added_it():
+    since = {row.name: row.since for row in _pcap.PROTOTYPES + _pcap.PACKET_PROTOTYPES}
+    assert "1.81" in since["PacketGetInfo"]
+    assert "libpcap 1.5" in since["pcap_set_immediate_mode"]
+    assert "Npcap 1.20" in since["pcap_init"]

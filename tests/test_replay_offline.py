@@ -436,7 +436,7 @@ def test_readers_say_when_the_capture_is_exhausted(tmp_path, which):
         try:
             counts, flags = [], []
             while True:
-                count = len(reader.frames())
+                count = len(P.batch_frames(reader))
                 counts.append(count)
                 flags.append(reader.exhausted)
                 if not count:

@@ -380,7 +380,7 @@ def emulated_texts(peer, target, port):
     logging.getLogger("udpcap_ctypes").addHandler(handler)
     with UdpcapSocket() as sock:
         sock.bind(("0.0.0.0", port))
-    return {"encoding": library.text_encoding, "descriptions": descriptions,
+    return {"encoding": library.fns.text_encoding, "descriptions": descriptions,
             "warnings": [r.getMessage() for r in records if r.levelname == "WARNING"]}
 
 

@@ -48,7 +48,7 @@ def emulated_unicast_from_peer(peer, target, port, count, receive_in_thread):
     with UdpcapSocket() as sock:
         sock.bind(("0.0.0.0", port))
         result = {"filters": sock.filter_expressions(),
-                  "library": [library.kind, library.path, library.text_encoding],
+                  "library": [library.kind, library.path, library.fns.text_encoding],
                   "waiter": type(sock._receiver.waiter).__name__}
         received = []
         worker = threading.Thread(target=lambda: received.extend(receive_all(sock, count)))

@@ -47,16 +47,17 @@ def emulated_tables():
     api = _win32.Win32Api()
     bound = {}
     for dll in ("kernel32", "advapi32"):
-        for owner, name, restype, argtypes in _win32.WIN32_PROTOTYPES:
-            if owner == dll:
-                func = api._fn(dll, name)
-                bound[name] = [func.restype is restype, list(func.argtypes) == argtypes]
-    missing = [name for name, _r, _a, _e, where in _pcap.PROTOTYPES
-               if where in ("all", "win") and not getattr(library.fns, name)]
-    posix = [name for name, _r, _a, _e, where in _pcap.PROTOTYPES
-             if where == "posix" and hasattr(library.fns, name)]
-    packet = [name for name, *_ in _pcap.PACKET_PROTOTYPES
-              if not getattr(library.packet_fns, name, None)]
+        for row in _win32.WIN32_PROTOTYPES:
+            if row.library == dll:
+                func = api._fn(dll, row.name)
+                bound[row.name] = [func.restype is row.restype,
+                                   list(func.argtypes) == list(row.argtypes)]
+    missing = [row.name for row in _pcap.PROTOTYPES
+               if row.applies(windows=True) and not getattr(library.fns, row.name)]
+    posix = [row.name for row in _pcap.PROTOTYPES
+             if not row.applies(windows=True) and hasattr(library.fns, row.name)]
+    packet = [row.name for row in _pcap.PACKET_PROTOTYPES
+              if not getattr(library.packet_fns, row.name, None)]
     return {"bound": bound, "missing": missing, "posix_bound": posix,
             "packet_missing": packet, "c_long": ctypes.sizeof(ctypes.c_long),
             "pkthdr_size": ctypes.sizeof(_structs.pcap_pkthdr)}
@@ -187,12 +188,16 @@ def test_npcap_absent_and_winpcap_only_in_the_registry(machine, netns):
 def emulated_event_waiter():
     import threading
     import time
+    import types
 
     from udpcap_ctypes import _win32
+
+    def captures(handles):
+        return [types.SimpleNamespace(event_handle=lambda h=h: h) for h in handles]
     api = _win32.Win32Api()
     events = [api.create_event() for _ in range(130)]
     waiter = _win32.EventWaiter(api)
-    waiter.set_handles(events)
+    waiter.set_captures(captures(events))
     out = {"groups": len(waiter._groups)}
     started = time.monotonic()
     out["timeout"] = [waiter.wait(0.05), time.monotonic() - started >= 0.05]
@@ -206,17 +211,15 @@ def emulated_event_waiter():
     time.sleep(0.1)
     waiter.wake()
     worker.join(2)
-    out["woken"] = [box, waiter.woken(), waiter.wait(0)]
-    waiter.reset_wake()
-    out["reset"] = [waiter.woken(), waiter.wait(0)]
+    out["woken"] = [box, waiter.wait(0), waiter.wait(0)]      # wake() is permanent
     single = _win32.EventWaiter(api)
-    single.set_handles(events[:3])
+    single.set_captures(captures(events[:3]))
     api.set_event(events[2])
     out["single"] = single.wait(None)
     empty = _win32.EventWaiter(api)
     out["empty"] = empty.wait(0.02)
     interval = _win32.EventWaiter(api, interval=0.02)
-    interval.set_handles(events[:1])
+    interval.set_captures(captures(events[:1]))
     api.reset_event(events[2])
     started = time.monotonic()
     out["interval"] = [interval.wait(5.0), time.monotonic() - started < 1.0]
@@ -227,7 +230,7 @@ def emulated_event_waiter():
         api.close_handle(event)
     try:
         broken = _win32.EventWaiter(api)
-        broken.set_handles([0x4444])
+        broken.set_captures(captures([0x4444]))
         broken.wait(0)
     except OSError as exc:
         out["bad_handle"] = exc.winerror
@@ -240,8 +243,7 @@ def test_event_waiter_chunks_wakes_resets_and_times_out(machine, netns):
     assert result["timeout"] == [False, True]             # never early
     assert result["poll"] is False
     assert result["late_chunk"] is True
-    assert result["woken"] == [[True], True, True]        # wake() is permanent until reset
-    assert result["reset"] == [False, False]
+    assert result["woken"] == [[True], True, True]
     assert result["single"] is True and result["empty"] is False
     assert result["interval"] == [True, True]             # non-immediate: read anyway
     assert result["closed"] is True

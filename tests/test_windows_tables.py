@@ -32,10 +32,11 @@ DOCUMENTED_ARG_COUNTS = {
 
 
 def test_every_prototype_row_declares_restype_and_argtypes_with_documented_counts():
-    names = [row[1] for row in _win32.WIN32_PROTOTYPES]
+    names = [row.name for row in _win32.WIN32_PROTOTYPES]
     assert sorted(names) == sorted(DOCUMENTED_ARG_COUNTS)
     assert len(names) == len(set(names))
-    for dll, name, restype, argtypes in _win32.WIN32_PROTOTYPES:
+    for row in _win32.WIN32_PROTOTYPES:
+        dll, name, restype, argtypes = row.library, row.name, row.restype, row.argtypes
         assert dll in ("kernel32", "advapi32"), name
         assert restype is not None, name
         assert isinstance(argtypes, list), name
@@ -43,9 +44,9 @@ def test_every_prototype_row_declares_restype_and_argtypes_with_documented_count
         for argtype in argtypes:
             assert hasattr(argtype, "from_param"), (name, argtype)
     handle_funcs = {"CreateEventW", "GetCurrentProcess", "OpenSCManagerW", "OpenServiceW"}
-    for _dll, name, restype, _argtypes in _win32.WIN32_PROTOTYPES:
-        if name in handle_funcs:
-            assert restype is ctypes.c_void_p, name     # never the default int: 64-bit handles
+    for row in _win32.WIN32_PROTOTYPES:
+        if row.name in handle_funcs:
+            assert row.restype is ctypes.c_void_p, row.name    # never int: 64-bit handles
 
 
 def _c_checks_for_target(pointer_size):
@@ -83,7 +84,7 @@ def _c_checks_for_target(pointer_size):
         constants["SERVICE_" + state.upper()] = value
     for name, value in sorted(constants.items()):
         lines.append('_Static_assert((unsigned long)(%s) == %dUL, "%s");' % (name, value, name))
-    for index, (_dll, name, ret, args) in enumerate(_win32.WIN32_SIGNATURES):
+    for index, (_dll, name, ret, args, _failure) in enumerate(_win32.WIN32_SIGNATURES):
         # Assigning the real function to a pointer of our type fails to compile unless return
         # type, argument types, their number and the WINAPI (stdcall) convention all agree.
         lines.append("%s (WINAPI *check_%d)(%s) = %s;"
@@ -113,7 +114,8 @@ def test_mingw_check_rejects_a_wrong_row(tmp_path):
     rows = list(_win32.WIN32_SIGNATURES)
     try:
         _win32.WIN32_SIGNATURES[:] = [r if r[1] != "SetEvent" else
-                                      (r[0], r[1], r[2], ("HANDLE", "DWORD")) for r in rows]
+                                      (r[0], r[1], r[2], ("HANDLE", "DWORD"), r[4])
+                                      for r in rows]
         text = _c_checks_for_target(8)
     finally:
         _win32.WIN32_SIGNATURES[:] = rows

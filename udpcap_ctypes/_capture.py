@@ -45,8 +45,8 @@ def _pkthdr_struct():
 
 
 _PKTHDR = _pkthdr_struct()
+_IONBF = 2                                 # setvbuf's unbuffered mode: glibc, musl, BSD, macOS
 _SF_RECORD = struct.Struct("=IIII")        # savefile record header: ts_sec, ts_usec, caplen, len
-_SF_CAPLEN = struct.Struct("=I")
 
 
 class Device:
@@ -83,7 +83,7 @@ def find_devices(fns):
         while node:
             dev = _structs.pcap_if.from_address(node)
             name = ctypes.string_at(dev.name).decode("utf-8", "replace")
-            desc = (_pcap.decode_description(ctypes.string_at(dev.description))
+            desc = (_pcap.decode_description(fns, ctypes.string_at(dev.description))
                     if dev.description else None)
             devices.append(Device(name, desc, dev.flags, _ipv4_addresses(dev.addresses)))
             node = dev.next
@@ -144,7 +144,8 @@ class Capture:
             fns.pcap_set_timeout(self.handle, timeout_ms)
             status = fns.pcap_activate(self.handle)
             if status < 0:
-                raise _pcap.status_error("pcap_activate(%s)" % device_name, status, self.handle)
+                raise _pcap.status_error(fns, "pcap_activate(%s)" % device_name, status,
+                                         self.handle)
             if status > 0:
                 log.warning("pcap_activate(%s): %s", device_name, self._status_text(status))
             fns.pcap_setnonblock(self.handle, 1, errbuf)
@@ -159,8 +160,8 @@ class Capture:
             raise
 
     def _status_text(self, status):
-        return (_pcap.decode_text(self._fns.pcap_geterr(self.handle))
-                or _pcap.decode_text(self._fns.pcap_statustostr(status)))
+        return (_pcap.decode_text(self._fns, self._fns.pcap_geterr(self.handle))
+                or _pcap.decode_text(self._fns, self._fns.pcap_statustostr(status)))
 
     def set_filter(self, expression):
         """Compile and install a BPF filter (serialised process-wide)."""
@@ -192,7 +193,7 @@ class Capture:
             if status != 1:
                 if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
                     return records, count
-                raise _pcap.status_error("pcap_next_ex", status, self.handle)
+                raise _pcap.status_error(self._fns, "pcap_next_ex", status, self.handle)
             ts_sec, ts_usec, caplen, length = _PKTHDR.unpack(
                 ctypes.string_at(ctypes.addressof(header.contents), _PKTHDR.size))
             records += _SF_RECORD.pack(ts_sec & 0xFFFFFFFF, ts_usec & 0xFFFFFFFF, caplen, length)
@@ -251,20 +252,6 @@ class BatchReader:
     def consumed(self, end):
         """The caller has walked the batch up to *end*."""
 
-    def frames(self):
-        """``[(start, end)]`` of every frame of one refill (tests and tools)."""
-        count = self.refill()
-        if not count:
-            return []           # no batch: nothing to report consumed (start is stale)
-        out = []
-        pos = self.start
-        for _ in range(count):
-            caplen = _SF_CAPLEN.unpack_from(self.view, pos + 8)[0]
-            out.append((pos + 16, pos + 16 + caplen))
-            pos += 16 + caplen
-        self.consumed(pos)
-        return out
-
     def close(self):
         pass
 
@@ -278,6 +265,7 @@ class NextExReader(BatchReader):
 
     def __init__(self, fns, handle, snaplen, size=None, max_batch=64):
         size = size or max(self.BUFFER_SIZE, 2 * (snaplen + 16))
+        self._fns = fns
         self._next_ex = fns.pcap_next_ex
         self._handle = handle
         self._header = ctypes.POINTER(_structs.pcap_pkthdr)()
@@ -301,7 +289,7 @@ class NextExReader(BatchReader):
                 if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
                     self.exhausted = True
                     return count
-                raise _pcap.status_error("pcap_next_ex", status, self._handle)
+                raise _pcap.status_error(self._fns, "pcap_next_ex", status, self._handle)
             ts_sec, ts_usec, caplen, length = _PKTHDR.unpack(
                 ctypes.string_at(header.value, _PKTHDR.size))
             ctypes.memmove(self._address + pos + 16, data.value, caplen)
@@ -345,7 +333,7 @@ class DumpBatchReader(BatchReader):
         stream = libc.fmemopen(self._buffer, size, b"w")
         if not stream:
             raise PcapError(ctypes.get_errno() or errno.ENOMEM, "fmemopen failed")
-        libc.setvbuf(stream, None, libc.IONBF, 0)
+        libc.setvbuf(stream, None, _IONBF, 0)
         self._stream = stream
         try:
             self._dumper = fns.pcap_dump_fopen(handle, stream)   # now owns the stream
@@ -365,7 +353,7 @@ class DumpBatchReader(BatchReader):
         self.exhausted = count < room
         if count <= 0:
             if count < 0 and count != _pcap.PCAP_ERROR_BREAK:
-                raise _pcap.status_error("pcap_dispatch", count, self._handle)
+                raise _pcap.status_error(self._fns, "pcap_dispatch", count, self._handle)
             return 0
         self.start = self._write
         return count

@@ -25,7 +25,8 @@ import os
 import sys
 import threading
 
-from . import _pcap, _structs
+from . import _fixes, _pcap, _structs
+from ._bind import bind
 from .errors import CaptureUnavailableError
 
 log = logging.getLogger(__name__)
@@ -81,16 +82,13 @@ class _NullContext:
 class CaptureLibrary:
     """A loaded capture library: bound functions plus where they came from."""
 
-    def __init__(self, kind, path, fns, packet_path=None, packet_fns=None, windows=False,
-                 text_encoding="utf-8", description_encoding="utf-8"):
+    def __init__(self, kind, path, fns, packet_path=None, packet_fns=None, windows=False):
         self.kind = kind                # "npcap", "winpcap", "libpcap"
         self.path = path                # what was loaded
-        self.fns = fns                  # _pcap.Functions
+        self.fns = fns                  # _bind.Table of _pcap.PROTOTYPES (and its encodings)
         self.packet_path = packet_path  # Packet.dll (Windows) or None
         self.packet_fns = packet_fns
         self.windows = windows
-        self.text_encoding = text_encoding                  # error texts, messages
-        self.description_encoding = description_encoding    # pcap_if.description
         raw = fns.pcap_lib_version()
         self.version = raw.decode("ascii", "replace") if raw else "unknown"
         if self.version.startswith("WinPcap"):
@@ -124,21 +122,6 @@ def posix_candidates(oslayer):
     return names
 
 
-def install_fix(oslayer):
-    """What a person should do when no capture library can be loaded."""
-    family = _structs.host_family(oslayer.platform)
-    if family == _structs.CYGWIN:
-        return ("Run it with a native Windows Python (python.org, the Microsoft Store or "
-                "conda) and install Npcap from https://npcap.com/")
-    if family == _structs.WINDOWS:
-        return ("Install Npcap from https://npcap.com/ with 'Support loopback traffic' checked "
-                "(optionally 'WinPcap API-compatible mode'); WinPcap is not supported")
-    if oslayer.platform == "darwin":
-        return "libpcap ships with macOS; check that /usr/lib/libpcap.A.dylib is present"
-    return ("Install libpcap: 'apt install libpcap0.8' (Debian/Ubuntu), "
-            "'dnf install libpcap' (Fedora/RHEL), 'apk add libpcap' (Alpine)")
-
-
 def load_library(oslayer=None):
     """Find, load and declare the capture library.  Raises :class:`CaptureUnavailableError`."""
     oslayer = oslayer or LoaderOS()
@@ -147,7 +130,7 @@ def load_library(oslayer=None):
         raise CaptureUnavailableError(
             "a Cygwin/MSYS2 Python (sys.platform %r) cannot use Npcap: to ctypes it is not "
             "Windows (a C long is 64-bit there, 32-bit in wpcap.dll) and it has no winreg. "
-            "Fix: %s" % (oslayer.platform, install_fix(oslayer)))
+            "Fix: %s" % (oslayer.platform, _fixes.install(oslayer.platform)))
     windows = family == _structs.WINDOWS
     tried = []
     override = override_path(oslayer.environ)
@@ -161,7 +144,7 @@ def load_library(oslayer=None):
         except OSError as exc:
             raise CaptureUnavailableError(
                 "cannot find the System32 directory (%s). Fix: %s"
-                % (exc, install_fix(oslayer))) from exc
+                % (exc, _fixes.install(oslayer.platform))) from exc
         for kind, wpcap, packet, dll_dir in candidates:
             if not oslayer.isfile(wpcap):
                 tried.append("%s: not found" % wpcap)
@@ -178,7 +161,7 @@ def load_library(oslayer=None):
                 continue
     raise CaptureUnavailableError(
         "no capture library could be loaded (tried: %s). Fix: %s"
-        % ("; ".join(tried), install_fix(oslayer)))
+        % ("; ".join(tried), _fixes.install(oslayer.platform)))
 
 
 def _load_one(oslayer, kind, path, packet_path, dll_dir, windows, tried, fix=None):
@@ -197,24 +180,22 @@ def _load_one(oslayer, kind, path, packet_path, dll_dir, windows, tried, fix=Non
             raise CaptureUnavailableError("cannot load the capture library %s: %s. Fix: %s"
                                           % (path, exc, fix)) from exc
         raise CaptureUnavailableError(str(exc)) from exc
-    fns = _pcap.bind_prototypes(lib, _pcap.PROTOTYPES, windows, path)
+    fns = _pcap.bind_library(lib, windows, path)
     missing = [name for name in ("pcap_create", "pcap_activate", "pcap_next_ex", "pcap_compile")
                if not getattr(fns, name)]
     if missing:
         tried.append("%s: lacks %s" % (path, ", ".join(missing)))
         raise CaptureUnavailableError(
             "%s is not a usable capture library (lacks %s). Fix: %s"
-            % (path, ", ".join(missing), fix or install_fix(oslayer)))
+            % (path, ", ".join(missing), fix or _fixes.install(oslayer.platform)))
     if packet is not None:
-        packet_fns = _pcap.bind_prototypes(packet, _pcap.PACKET_PROTOTYPES, windows, packet_path)
-    text_encoding = description_encoding = "utf-8"
+        packet_fns = bind(packet, _pcap.PACKET_PROTOTYPES, windows, packet_path)
     if windows:
-        text_encoding = description_encoding = "mbcs"      # the ANSI code page
-        if _pcap.init_utf8(fns, path):
-            text_encoding = "utf-8"
+        fns.text_encoding = fns.description_encoding = "mbcs"      # the ANSI code page
+        if _pcap.init_utf8(fns):
+            fns.text_encoding = "utf-8"
     library = CaptureLibrary(kind if kind != "override" else ("npcap" if windows else "libpcap"),
-                             path, fns, packet_path if packet else None, packet_fns, windows,
-                             text_encoding, description_encoding)
+                             path, fns, packet_path if packet else None, packet_fns, windows)
     log.debug("loaded %r", library)
     return library
 
@@ -229,10 +210,7 @@ def get_library():
     if _library is None:
         with _lock:
             if _library is None:
-                library = load_library()
-                _pcap.set_functions(library.fns, library.text_encoding,
-                                    library.description_encoding)
-                _library = library
+                _library = load_library()
     return _library
 
 

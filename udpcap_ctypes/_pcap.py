@@ -1,10 +1,10 @@
 """Every libpcap/Npcap function udpcap_ctypes calls, declared once, plus thin wrappers.
 
-Style of pyusb's libusb1 backend: one table (:data:`PROTOTYPES`) gives each function its
-``restype``, ``argtypes``, the platforms that export it and the errcheck that turns C return
-codes into exceptions; :func:`bind_prototypes` applies it to a loaded library.  A function that
-the loaded library does not export is bound to a stub that raises a clear error when called,
-never an ``AttributeError`` at load time.
+:data:`PROTOTYPES` (wpcap.dll / libpcap) and :data:`PACKET_PROTOTYPES` (Packet.dll) are
+:class:`~._bind.Prototype` records: each function's ``restype``, ``argtypes``, the errcheck that
+turns its C return codes into exceptions, the platforms that export it and the version that
+added it.  :func:`bind_library` binds them (see ``_bind``); a function the loaded library lacks
+is a stub that raises a clear error when called.
 
 Source of truth for every row: Debian's ``/usr/include/pcap/pcap.h`` (libpcap 1.10), whose
 ``_WIN32`` branch is what Npcap's ``wpcap.dll`` exports; ``tests/test_prototypes_header.py``
@@ -15,7 +15,8 @@ import ctypes
 import errno
 import logging
 
-from . import _structs
+from . import _fixes, _structs
+from ._bind import ALL, POSIX, WINDOWS, Prototype, Table, bind
 from .errors import PcapError
 
 log = logging.getLogger(__name__)
@@ -64,187 +65,137 @@ P_stat = ctypes.POINTER(_structs.pcap_stat)
 pcap_handler = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
 
-def _errcheck_status(result, func, args):
+# Errcheck factories (see _bind): each takes the bound table, so that it decodes texts in
+# the library's own encoding and reads pcap_geterr from the same library.
+
+def status_check(fns):
     """int-returning call on a pcap_t: negative -> exception with pcap's text."""
-    if result < 0:
-        raise status_error(func.__name__, result, args[0] if args else None)
-    return result
+    def errcheck(result, func, args):
+        if result < 0:
+            raise status_error(fns, func.__name__, result, args[0] if args else None)
+        return result
+    return errcheck
 
 
-def _errcheck_handle(result, func, args):
-    """pcap_t*-returning call that fills an errbuf (last argument): NULL -> exception."""
-    if not result:
-        text = _errbuf_text(args[-1]) or "unknown error"
-        raise PcapError(errno.EIO, "%s failed: %s" % (func.__name__, text))
-    return result
+def errbuf_check(fns):
+    """Call that fills an errbuf (its last argument) on failure: a NULL pointer or a negative
+    int -> exception with that text."""
+    def errcheck(result, func, args):
+        if not result if not isinstance(result, int) else result < 0:
+            raise PcapError(errno.EIO, "%s failed: %s"
+                            % (func.__name__, _errbuf_text(fns, args[-1]) or "unknown error"))
+        return result
+    return errcheck
 
 
-def _errcheck_pointer(result, func, args):
-    """pointer-returning call without errbuf: NULL -> exception."""
-    if not result:
-        raise PcapError(errno.EIO, "%s returned NULL" % func.__name__)
-    return result
+def pointer_check(fns):
+    """Pointer-returning call without errbuf: NULL -> exception."""
+    def errcheck(result, func, args):
+        if not result:
+            raise PcapError(errno.EIO, "%s returned NULL" % func.__name__)
+        return result
+    return errcheck
 
 
-def _errcheck_errbuf_status(result, func, args):
-    """int-returning call that fills an errbuf (last argument): -1 -> exception."""
-    if result < 0:
-        text = _errbuf_text(args[-1]) or "unknown error"
-        raise PcapError(errno.EIO, "%s failed: %s" % (func.__name__, text))
-    return result
-
-
-def _errbuf_text(buf):
+def _errbuf_text(fns, buf):
     if isinstance(buf, (bytes, bytearray)):
         raw = bytes(buf)
     elif hasattr(buf, "raw"):
         raw = buf.raw
     else:
         return ""
-    return decode_text(raw.split(b"\0", 1)[0])
+    return decode_text(fns, raw.split(b"\0", 1)[0])
 
 
-# Each row: name, restype, argtypes, errcheck, where ("all", "win", "posix").
+def _p(name, restype, argtypes, errcheck=None, platforms=ALL, since=None):
+    return Prototype(name, restype, argtypes, errcheck, platforms, since)
+
+
 # Rows without errcheck are either infallible or on the hot path, where the caller checks.
 PROTOTYPES = [
-    ("pcap_lib_version", ctypes.c_char_p, [], None, "all"),
-    ("pcap_init", ctypes.c_int, [ctypes.c_uint, errbuf_t], _errcheck_errbuf_status, "all"),
-    ("pcap_create", p_pcap, [ctypes.c_char_p, errbuf_t], _errcheck_handle, "all"),
-    ("pcap_set_snaplen", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "all"),
-    ("pcap_set_promisc", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "all"),
-    ("pcap_set_immediate_mode", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "all"),
-    ("pcap_set_buffer_size", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "all"),
-    ("pcap_set_timeout", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "all"),
-    ("pcap_activate", ctypes.c_int, [p_pcap], None, "all"),      # warnings > 0; see activate()
-    ("pcap_close", None, [p_pcap], None, "all"),
-    ("pcap_geterr", ctypes.c_char_p, [p_pcap], None, "all"),
-    ("pcap_statustostr", ctypes.c_char_p, [ctypes.c_int], None, "all"),
-    ("pcap_setnonblock", ctypes.c_int, [p_pcap, ctypes.c_int, errbuf_t],
-     _errcheck_errbuf_status, "all"),
-    ("pcap_compile", ctypes.c_int,
-     [p_pcap, P_program, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32], _errcheck_status, "all"),
-    ("pcap_setfilter", ctypes.c_int, [p_pcap, P_program], _errcheck_status, "all"),
-    ("pcap_freecode", None, [P_program], None, "all"),
-    ("pcap_next_ex", ctypes.c_int,
-     [p_pcap, ctypes.POINTER(P_pkthdr), ctypes.POINTER(ctypes.c_void_p)], None, "all"),
-    ("pcap_dispatch", ctypes.c_int, [p_pcap, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p],
-     None, "all"),
-    ("pcap_breakloop", None, [p_pcap], None, "all"),
-    ("pcap_datalink", ctypes.c_int, [p_pcap], _errcheck_status, "all"),
-    ("pcap_snapshot", ctypes.c_int, [p_pcap], _errcheck_status, "all"),
-    ("pcap_datalink_val_to_name", ctypes.c_char_p, [ctypes.c_int], None, "all"),
-    ("pcap_findalldevs", ctypes.c_int, [ctypes.POINTER(ctypes.c_void_p), errbuf_t],
-     _errcheck_errbuf_status, "all"),
-    ("pcap_freealldevs", None, [ctypes.c_void_p], None, "all"),
-    ("pcap_stats", ctypes.c_int, [p_pcap, P_stat], _errcheck_status, "all"),
-    ("pcap_open_offline", p_pcap, [ctypes.c_char_p, errbuf_t], _errcheck_handle, "all"),
-    ("pcap_open_dead", p_pcap, [ctypes.c_int, ctypes.c_int], _errcheck_pointer, "all"),
-    ("pcap_dump", None, [ctypes.c_void_p, P_pkthdr, ctypes.c_void_p], None, "all"),
-    ("pcap_dump_close", None, [p_dumper], None, "all"),
+    _p("pcap_lib_version", ctypes.c_char_p, []),
+    _p("pcap_init", ctypes.c_int, [ctypes.c_uint, errbuf_t], errbuf_check,
+       since="libpcap 1.10 / Npcap 1.20 or newer"),
+    _p("pcap_create", p_pcap, [ctypes.c_char_p, errbuf_t], errbuf_check),
+    _p("pcap_set_snaplen", ctypes.c_int, [p_pcap, ctypes.c_int], status_check),
+    _p("pcap_set_promisc", ctypes.c_int, [p_pcap, ctypes.c_int], status_check),
+    _p("pcap_set_immediate_mode", ctypes.c_int, [p_pcap, ctypes.c_int], status_check,
+       since="libpcap 1.5 / Npcap 0.9 or newer"),
+    _p("pcap_set_buffer_size", ctypes.c_int, [p_pcap, ctypes.c_int], status_check),
+    _p("pcap_set_timeout", ctypes.c_int, [p_pcap, ctypes.c_int], status_check),
+    _p("pcap_activate", ctypes.c_int, [p_pcap]),      # warnings > 0: see Capture
+    _p("pcap_close", None, [p_pcap]),
+    _p("pcap_geterr", ctypes.c_char_p, [p_pcap]),
+    _p("pcap_statustostr", ctypes.c_char_p, [ctypes.c_int]),
+    _p("pcap_setnonblock", ctypes.c_int, [p_pcap, ctypes.c_int, errbuf_t], errbuf_check),
+    _p("pcap_compile", ctypes.c_int,
+       [p_pcap, P_program, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32], status_check),
+    _p("pcap_setfilter", ctypes.c_int, [p_pcap, P_program], status_check),
+    _p("pcap_freecode", None, [P_program]),
+    _p("pcap_next_ex", ctypes.c_int,
+       [p_pcap, ctypes.POINTER(P_pkthdr), ctypes.POINTER(ctypes.c_void_p)]),
+    _p("pcap_dispatch", ctypes.c_int, [p_pcap, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
+    _p("pcap_breakloop", None, [p_pcap]),
+    _p("pcap_datalink", ctypes.c_int, [p_pcap], status_check),
+    _p("pcap_snapshot", ctypes.c_int, [p_pcap], status_check),
+    _p("pcap_datalink_val_to_name", ctypes.c_char_p, [ctypes.c_int]),
+    _p("pcap_findalldevs", ctypes.c_int, [ctypes.POINTER(ctypes.c_void_p), errbuf_t],
+       errbuf_check),
+    _p("pcap_freealldevs", None, [ctypes.c_void_p]),
+    _p("pcap_stats", ctypes.c_int, [p_pcap, P_stat], status_check),
+    _p("pcap_open_offline", p_pcap, [ctypes.c_char_p, errbuf_t], errbuf_check),
+    _p("pcap_open_dead", p_pcap, [ctypes.c_int, ctypes.c_int], pointer_check),
+    _p("pcap_dump", None, [ctypes.c_void_p, P_pkthdr, ctypes.c_void_p]),
+    _p("pcap_dump_close", None, [p_dumper]),
     # POSIX only
-    ("pcap_get_selectable_fd", ctypes.c_int, [p_pcap], None, "posix"),
-    ("pcap_setdirection", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "posix"),
-    ("pcap_dump_fopen", p_dumper, [p_pcap, ctypes.c_void_p], _errcheck_pointer, "posix"),
+    _p("pcap_get_selectable_fd", ctypes.c_int, [p_pcap], platforms=POSIX),
+    _p("pcap_setdirection", ctypes.c_int, [p_pcap, ctypes.c_int], status_check,
+       platforms=POSIX),
+    _p("pcap_dump_fopen", p_dumper, [p_pcap, ctypes.c_void_p], pointer_check, platforms=POSIX,
+       since="libpcap 0.9 or newer"),
     # Windows (wpcap.dll) only
-    ("pcap_getevent", ctypes.c_void_p, [p_pcap], _errcheck_pointer, "win"),
-    ("pcap_setmintocopy", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "win"),
-    ("pcap_setbuff", ctypes.c_int, [p_pcap, ctypes.c_int], _errcheck_status, "win"),
-    ("pcap_oid_get_request", ctypes.c_int,
-     [p_pcap, ctypes.c_uint32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)],
-     _errcheck_status, "win"),
+    _p("pcap_getevent", ctypes.c_void_p, [p_pcap], pointer_check, platforms=WINDOWS),
+    _p("pcap_setmintocopy", ctypes.c_int, [p_pcap, ctypes.c_int], status_check,
+       platforms=WINDOWS),
+    _p("pcap_setbuff", ctypes.c_int, [p_pcap, ctypes.c_int], status_check, platforms=WINDOWS),
+    _p("pcap_oid_get_request", ctypes.c_int,
+       [p_pcap, ctypes.c_uint32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)],
+       status_check, platforms=WINDOWS),
 ]
 
 # Packet.dll (Npcap), optional, diagnostics only.  Source: Npcap's Common/Packet32.h and
-# packetWin7/Dll/Packet.def.  PacketGetInfo exists from Npcap 1.81 on.
+# packetWin7/Dll/Packet.def.
 PACKET_PROTOTYPES = [
-    ("PacketGetVersion", ctypes.c_char_p, [], None, "win"),
-    ("PacketGetDriverVersion", ctypes.c_char_p, [], None, "win"),
-    ("PacketGetDriverName", ctypes.c_char_p, [], None, "win"),
-    ("PacketIsLoopbackAdapter", ctypes.c_ubyte, [ctypes.c_char_p], None, "win"),
-    ("PacketGetInfo", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p], None, "win"),
+    _p("PacketGetVersion", ctypes.c_char_p, [], platforms=WINDOWS),
+    _p("PacketGetDriverVersion", ctypes.c_char_p, [], platforms=WINDOWS),
+    _p("PacketGetDriverName", ctypes.c_char_p, [], platforms=WINDOWS),
+    _p("PacketIsLoopbackAdapter", ctypes.c_ubyte, [ctypes.c_char_p], platforms=WINDOWS),
+    _p("PacketGetInfo", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p], platforms=WINDOWS,
+       since="Npcap 1.81 or newer"),
 ]
 
-MINIMUM_VERSION_NOTES = {
-    "pcap_init": "libpcap 1.10 / Npcap 1.20 or newer",
-    "PacketGetInfo": "Npcap 1.81 or newer",
-    "pcap_set_immediate_mode": "libpcap 1.5 / Npcap 0.9 or newer",
-    "pcap_dump_fopen": "libpcap 0.9 or newer",
-}
+
+def bind_library(library, windows, description, prototypes=PROTOTYPES):
+    """The pcap functions of *library* as a :class:`~._bind.Table` that also knows how the
+    library encodes its strings (``text_encoding``, ``description_encoding``: UTF-8 until
+    :func:`init_utf8` or the Windows loader says otherwise)."""
+    table = Table(description)
+    table.text_encoding = table.description_encoding = "utf-8"
+    return bind(library, prototypes, windows, description, table)
 
 
-class MissingFunction:
-    """Stands in for a function the loaded library does not export; raises when called."""
-
-    def __init__(self, name, library_description):
-        self.__name__ = name
-        self.argtypes = ()
-        self.restype = None
-        self._library = library_description
-
-    def __call__(self, *args):
-        needs = MINIMUM_VERSION_NOTES.get(self.__name__, "a newer version of the capture library")
-        raise PcapError(errno.ENOSYS, "%s is not exported by %s; it needs %s"
-                        % (self.__name__, self._library, needs))
-
-    def __bool__(self):
-        return False
-
-
-class Functions:
-    """Namespace of bound functions: ``fns.pcap_create(...)``."""
-
-
-def bind_prototypes(library, table, windows, library_description="the loaded library"):
-    """Declare every row of *table* that applies to this platform on *library*.
-
-    Returns a :class:`Functions` namespace.  Every function gets ``argtypes`` and ``restype``
-    (a missing ``restype`` would truncate 64-bit pointers to int); rows the library lacks
-    become :class:`MissingFunction` stubs.
-    """
-    fns = Functions()
-    for name, restype, argtypes, errcheck, where in table:
-        if where == "win" and not windows or where == "posix" and windows:
-            continue
-        try:
-            func = getattr(library, name)
-        except AttributeError:
-            log.debug("%s does not export %s", library_description, name)
-            setattr(fns, name, MissingFunction(name, library_description))
-            continue
-        func.restype = restype
-        func.argtypes = argtypes
-        if errcheck is not None:
-            func.errcheck = errcheck
-        setattr(fns, name, func)
-    return fns
-
-
-_fns = None   # set by set_functions() once the library is loaded
-# How the loaded library encodes the strings it returns (set_functions): error texts, and the
-# adapter descriptions of pcap_findalldevs (Npcap builds those in the ANSI code page, "mbcs",
-# even after pcap_init(PCAP_CHAR_ENC_UTF_8)).
-_text_encoding = "utf-8"
-_description_encoding = "utf-8"
-
-
-def set_functions(fns, text_encoding="utf-8", description_encoding="utf-8"):
-    global _fns, _text_encoding, _description_encoding
-    _fns = fns
-    _text_encoding = text_encoding
-    _description_encoding = description_encoding
-
-
-def decode_text(raw):
+def decode_text(fns, raw):
     """A string from the capture library (errbuf, pcap_geterr, pcap_statustostr) as ``str``."""
-    return raw.decode(_text_encoding, "replace") if raw else ""
+    return raw.decode(fns.text_encoding, "replace") if raw else ""
 
 
-def decode_description(raw):
-    """An adapter description from ``pcap_findalldevs`` as ``str``."""
-    return raw.decode(_description_encoding, "replace") if raw else ""
+def decode_description(fns, raw):
+    """An adapter description from ``pcap_findalldevs`` as ``str`` (Npcap builds these in the
+    ANSI code page, "mbcs", even after pcap_init(PCAP_CHAR_ENC_UTF_8))."""
+    return raw.decode(fns.description_encoding, "replace") if raw else ""
 
 
-def init_utf8(fns, library_description):
+def init_utf8(fns):
     """Ask for UTF-8 strings (``pcap_init``, libpcap 1.10 / Npcap 1.20); True when granted.
 
     Without it wpcap.dll returns error texts in the ANSI code page (localized on a
@@ -252,7 +203,7 @@ def init_utf8(fns, library_description):
     """
     if not fns.pcap_init:
         log.debug("%s has no pcap_init: its strings are in the ANSI code page",
-                  library_description)
+                  fns.description)
         return False
     errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
     try:
@@ -263,29 +214,17 @@ def init_utf8(fns, library_description):
     return True
 
 
-def status_error(call, code, handle=None):
-    """Build the exception for a negative pcap status *code* returned by *call*."""
+def status_error(fns, call, code, handle=None):
+    """The exception for a negative pcap status *code* returned by *call* of library *fns*."""
     text = ""
-    if _fns is not None:
-        if handle and code in (PCAP_ERROR, PCAP_ERROR_PERM_DENIED, PCAP_ERROR_NO_SUCH_DEVICE,
-                               PCAP_ERROR_PROMISC_PERM_DENIED, PCAP_ERROR_IFACE_NOT_UP):
-            text = decode_text(_fns.pcap_geterr(handle))
-        if not text:
-            text = decode_text(_fns.pcap_statustostr(code))
+    if handle and code in (PCAP_ERROR, PCAP_ERROR_PERM_DENIED, PCAP_ERROR_NO_SUCH_DEVICE,
+                           PCAP_ERROR_PROMISC_PERM_DENIED, PCAP_ERROR_IFACE_NOT_UP):
+        text = decode_text(fns, fns.pcap_geterr(handle))
+    if not text:
+        text = decode_text(fns, fns.pcap_statustostr(code))
     text = text or "pcap status %d" % code
     if code in (PCAP_ERROR_PERM_DENIED, PCAP_ERROR_PROMISC_PERM_DENIED):
-        return PermissionError(errno.EPERM, "%s: %s. %s" % (call, text, permission_fix()))
+        return PermissionError(errno.EPERM, "%s: %s. %s" % (call, text, _fixes.permission()))
     if code == PCAP_ERROR_NO_SUCH_DEVICE:
         return PcapError(errno.ENODEV, "%s: %s" % (call, text))
     return PcapError(errno.EIO, "%s: %s" % (call, text))
-
-
-def permission_fix():
-    """How to get the right to capture, for this platform."""
-    if _structs.host_family() == _structs.WINDOWS:
-        from ._win32 import ADMIN_ONLY_FIX
-        return ADMIN_ONLY_FIX
-    return ("Capturing needs root or the capabilities CAP_NET_RAW and CAP_NET_ADMIN: run as root, "
-            "or grant them to a private copy of the interpreter (python3 -m venv --copies DIR; "
-            "sudo setcap cap_net_raw,cap_net_admin+eip DIR/bin/python3), not to the system's "
-            "python3, which every script shares; python3 -m udpcap_ctypes.check says more")

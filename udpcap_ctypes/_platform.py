@@ -16,7 +16,8 @@ import struct
 import sys
 import threading
 
-from . import _pcap
+from . import _fixes, _pcap
+from ._bind import POSIX, Prototype, bind
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ class WindowsPlatform(Platform):
             pass                          # elevation unknown: admin-only is the likely cause
         return PermissionError(errno.EPERM, "%s. Npcap is restricted to administrators and "
                                "this process is not elevated. %s"
-                               % (exc.strerror or exc, self._win32.ADMIN_ONLY_FIX))
+                               % (exc.strerror or exc, _fixes.ADMIN_ONLY))
 
     def hold_memberships_default(self):
         # Keeping Winsock away from the traffic is the point on Windows: opt-in only.
@@ -475,25 +476,16 @@ class Readiness:
             os.close(fd)
 
 
-class _Libc:
-    """The few C library calls the batch reader needs, declared once."""
-
-    IONBF = 2     # _IONBF in glibc, musl and the BSDs/macOS
-
-    PROTOTYPES = [
-        ("fmemopen", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]),
-        ("setvbuf", ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
-                                    ctypes.c_size_t]),
-        ("fseek", ctypes.c_int, [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]),
-        ("fclose", ctypes.c_int, [ctypes.c_void_p]),
-    ]
-
-    def __init__(self, library):
-        for name, restype, argtypes in self.PROTOTYPES:
-            func = getattr(library, name)
-            func.restype = restype
-            func.argtypes = argtypes
-            setattr(self, name, func)
+# The C library calls of DumpBatchReader (fmemopen streams for pcap_dump).
+LIBC_PROTOTYPES = [
+    Prototype("fmemopen", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p],
+              platforms=POSIX, since="POSIX.1-2008"),
+    Prototype("setvbuf", ctypes.c_int,
+              [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t], platforms=POSIX),
+    Prototype("fseek", ctypes.c_int, [ctypes.c_void_p, ctypes.c_long, ctypes.c_int],
+              platforms=POSIX),
+    Prototype("fclose", ctypes.c_int, [ctypes.c_void_p], platforms=POSIX),
+]
 
 
 # <linux/if_packet.h>: SOL_PACKET level, PACKET_IGNORE_OUTGOING option (Linux 4.20).
@@ -532,7 +524,11 @@ def _load_libc():
     if os.environ.get("UDPCAP_CTYPES_READER") == "next_ex":
         return None
     try:
-        return _Libc(ctypes.CDLL(None, use_errno=True))
-    except (OSError, AttributeError) as exc:
-        log.debug("no fmemopen in the C library (%s); using pcap_next_ex", exc)
+        libc = bind(ctypes.CDLL(None, use_errno=True), LIBC_PROTOTYPES, False, "the C library")
+    except OSError as exc:
+        log.debug("no C library (%s); using pcap_next_ex", exc)
         return None
+    if not libc.fmemopen:
+        log.debug("no fmemopen in the C library; using pcap_next_ex")
+        return None
+    return libc

@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 
-from . import _capture, _packet, _pcap
+from . import _capture, _fixes, _packet, _pcap
 from ._kernel_sockets import MembershipHolder, PortGuard
 from ._reassembly import Reassembler
 from .errors import PcapError
@@ -561,8 +561,8 @@ def select_devices(devices, address, is_loopback):
     if address >> 24 == 127:
         if not loopbacks:
             raise OSError(errno.EADDRNOTAVAIL,
-                          "cannot bind to %s: no loopback capture device. On Windows install "
-                          "Npcap with 'Support loopback traffic'" % ip_text(address))
+                          "cannot bind to %s: no loopback capture device. Fix on Windows: %s"
+                          % (ip_text(address), _fixes.REINSTALL_NPCAP_WITH_LOOPBACK))
         return loopbacks[:1]
     if address == 0:
         chosen = [d for d in devices if d.ipv4 and not is_loopback(d)]

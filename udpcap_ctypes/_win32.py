@@ -27,6 +27,8 @@ import socket
 import threading
 import time
 
+from ._bind import WINDOWS, Prototype, bind
+
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
@@ -59,12 +61,6 @@ ERROR_ACCESS_DENIED = 5
 ERROR_INVALID_HANDLE = 6
 ERROR_SERVICE_DOES_NOT_EXIST = 1060
 
-#: What to do when Npcap is restricted to administrators (its "admin-only mode").  Packet.dll
-#: then starts NpcapHelper.exe, which asks for elevation with a User Account Control prompt.
-ADMIN_ONLY_FIX = ("Npcap is installed in admin-only mode: accept the User Account Control "
-                  "prompt that Npcap shows (NpcapHelper) when capturing starts, or run this "
-                  "program from an elevated prompt (Run as administrator), or reinstall Npcap "
-                  "without 'Restrict Npcap driver's access to Administrators only'")
 
 SERVICE_STATES = {
     1: "stopped",            # SERVICE_STOPPED
@@ -122,28 +118,53 @@ C_TYPES = {
     "LPSERVICE_STATUS": ctypes.POINTER(SERVICE_STATUS),
 }
 
-#: (dll, function, C return type, C argument types) -- the source of truth.
+#: (dll, function, C return type, C argument types, what a failure returns) -- the source of
+#: truth: "null" (a NULL handle), "false" (FALSE), "wait" (WAIT_FAILED), "zero" (0), or None.
 WIN32_SIGNATURES = [
-    ("kernel32", "CreateEventW", "HANDLE", ("LPSECURITY_ATTRIBUTES", "BOOL", "BOOL", "LPCWSTR")),
-    ("kernel32", "SetEvent", "BOOL", ("HANDLE",)),
-    ("kernel32", "ResetEvent", "BOOL", ("HANDLE",)),
-    ("kernel32", "CloseHandle", "BOOL", ("HANDLE",)),
-    ("kernel32", "WaitForSingleObject", "DWORD", ("HANDLE", "DWORD")),
-    ("kernel32", "WaitForMultipleObjects", "DWORD", ("DWORD", "const HANDLE *", "BOOL", "DWORD")),
-    ("kernel32", "GetCurrentProcess", "HANDLE", ()),
-    ("kernel32", "GetSystemDirectoryW", "UINT", ("LPWSTR", "UINT")),
-    ("advapi32", "OpenSCManagerW", "SC_HANDLE", ("LPCWSTR", "LPCWSTR", "DWORD")),
-    ("advapi32", "OpenServiceW", "SC_HANDLE", ("SC_HANDLE", "LPCWSTR", "DWORD")),
-    ("advapi32", "QueryServiceStatus", "BOOL", ("SC_HANDLE", "LPSERVICE_STATUS")),
-    ("advapi32", "CloseServiceHandle", "BOOL", ("SC_HANDLE",)),
-    ("advapi32", "OpenProcessToken", "BOOL", ("HANDLE", "DWORD", "PHANDLE")),
+    ("kernel32", "CreateEventW", "HANDLE", ("LPSECURITY_ATTRIBUTES", "BOOL", "BOOL", "LPCWSTR"),
+     "null"),
+    ("kernel32", "SetEvent", "BOOL", ("HANDLE",), "false"),
+    ("kernel32", "ResetEvent", "BOOL", ("HANDLE",), "false"),
+    ("kernel32", "CloseHandle", "BOOL", ("HANDLE",), "false"),
+    ("kernel32", "WaitForSingleObject", "DWORD", ("HANDLE", "DWORD"), "wait"),
+    ("kernel32", "WaitForMultipleObjects", "DWORD", ("DWORD", "const HANDLE *", "BOOL", "DWORD"),
+     "wait"),
+    ("kernel32", "GetCurrentProcess", "HANDLE", (), None),
+    ("kernel32", "GetSystemDirectoryW", "UINT", ("LPWSTR", "UINT"), "zero"),
+    ("advapi32", "OpenSCManagerW", "SC_HANDLE", ("LPCWSTR", "LPCWSTR", "DWORD"), "null"),
+    ("advapi32", "OpenServiceW", "SC_HANDLE", ("SC_HANDLE", "LPCWSTR", "DWORD"), "null"),
+    ("advapi32", "QueryServiceStatus", "BOOL", ("SC_HANDLE", "LPSERVICE_STATUS"), "false"),
+    ("advapi32", "CloseServiceHandle", "BOOL", ("SC_HANDLE",), "false"),
+    ("advapi32", "OpenProcessToken", "BOOL", ("HANDLE", "DWORD", "PHANDLE"), "false"),
     ("advapi32", "GetTokenInformation", "BOOL",
-     ("HANDLE", "TOKEN_INFORMATION_CLASS", "LPVOID", "DWORD", "PDWORD")),
+     ("HANDLE", "TOKEN_INFORMATION_CLASS", "LPVOID", "DWORD", "PDWORD"), "false"),
 ]
 
-#: (dll, function, restype, argtypes) in ctypes types, derived from :data:`WIN32_SIGNATURES`.
-WIN32_PROTOTYPES = [(dll, name, C_TYPES[ret], [C_TYPES[arg] for arg in args])
-                    for dll, name, ret, args in WIN32_SIGNATURES]
+
+def _last_error_check(failed):
+    """Errcheck factory: when *failed(result)*, raise :func:`win_error` with the thread's last
+    error (ctypes' private copy: the DLLs are loaded with ``use_last_error=True``)."""
+    def factory(table):
+        def errcheck(result, func, args):
+            if failed(result):
+                raise win_error(func.__name__, ctypes.get_last_error())
+            return result
+        return errcheck
+    return factory
+
+
+_FAILURES = {
+    "null": _last_error_check(lambda result: not result),
+    "false": _last_error_check(lambda result: not result),
+    "zero": _last_error_check(lambda result: result == 0),
+    "wait": _last_error_check(lambda result: result == WAIT_FAILED),
+    None: None,
+}
+
+#: The same functions as :class:`~._bind.Prototype` records (ctypes types, errchecks).
+WIN32_PROTOTYPES = [Prototype(name, C_TYPES[ret], [C_TYPES[arg] for arg in args],
+                              _FAILURES[failure], WINDOWS, None, dll)
+                    for dll, name, ret, args, failure in WIN32_SIGNATURES]
 
 
 # Win32 errors -> the OSError subclass and errno CPython gives them (PC/errmap.h).
@@ -164,77 +185,48 @@ def win_error(call, code):
     return exc
 
 
-class _Namespace:
-    pass
-
-
 class Win32Api:
-    """The kernel32/advapi32 functions udpcap_ctypes uses, with failures raised as ``OSError``.
+    """The kernel32/advapi32 functions udpcap_ctypes uses; a failure raises ``OSError`` (the
+    errchecks of :data:`WIN32_PROTOTYPES`).
 
-    *kernel32*, *advapi32* and *get_last_error* default to private
-    ``ctypes.WinDLL(name, use_last_error=True)`` objects and ``ctypes.get_last_error``; they are
-    created on first use, so constructing this class never loads anything.
+    *kernel32* and *advapi32* default to private ``ctypes.WinDLL(name, use_last_error=True)``
+    objects, created on first use, so constructing this class never loads anything.
     """
 
-    def __init__(self, kernel32=None, advapi32=None, get_last_error=None):
+    def __init__(self, kernel32=None, advapi32=None):
         self._dlls = {"kernel32": kernel32, "advapi32": advapi32}
-        self._get_last_error = get_last_error      # ctypes.get_last_error exists only on Windows
-        self._bound = {}
+        self._tables = {}
 
     def _fn(self, dll_name, name):
-        table = self._bound.get(dll_name)
+        table = self._tables.get(dll_name)
         if table is None:
-            table = self._bind(dll_name)
+            dll = self._dlls[dll_name]
+            if dll is None:
+                windll = getattr(ctypes, "WinDLL", None)
+                if windll is None:
+                    raise OSError("%s is a Windows library; it cannot be loaded on this "
+                                  "platform" % dll_name)
+                dll = self._dlls[dll_name] = windll(dll_name, use_last_error=True)
+            table = self._tables[dll_name] = bind(
+                dll, [p for p in WIN32_PROTOTYPES if p.library == dll_name], True, dll_name)
         return getattr(table, name)
-
-    def _bind(self, dll_name):
-        dll = self._dlls[dll_name]
-        if dll is None:
-            windll = getattr(ctypes, "WinDLL", None)
-            if windll is None:
-                raise OSError("%s is a Windows library; it cannot be loaded on this platform"
-                              % dll_name)
-            dll = self._dlls[dll_name] = windll(dll_name, use_last_error=True)
-        table = _Namespace()
-        for owner, name, restype, argtypes in WIN32_PROTOTYPES:
-            if owner != dll_name:
-                continue
-            func = getattr(dll, name)
-            func.restype = restype
-            func.argtypes = argtypes
-            setattr(table, name, func)
-        self._bound[dll_name] = table
-        return table
-
-    def _fail(self, call):
-        get_last_error = self._get_last_error or ctypes.get_last_error
-        return win_error(call, get_last_error())
 
     # kernel32 -------------------------------------------------------------------------------
     def create_event(self, manual_reset=True, initial_state=False):
-        handle = self._fn("kernel32", "CreateEventW")(None, int(bool(manual_reset)),
-                                                      int(bool(initial_state)), None)
-        if not handle:
-            raise self._fail("CreateEventW")
-        return handle
+        return self._fn("kernel32", "CreateEventW")(None, int(bool(manual_reset)),
+                                                    int(bool(initial_state)), None)
 
     def set_event(self, handle):
-        if not self._fn("kernel32", "SetEvent")(handle):
-            raise self._fail("SetEvent")
+        self._fn("kernel32", "SetEvent")(handle)
 
     def reset_event(self, handle):
-        if not self._fn("kernel32", "ResetEvent")(handle):
-            raise self._fail("ResetEvent")
+        self._fn("kernel32", "ResetEvent")(handle)
 
     def close_handle(self, handle):
-        if not self._fn("kernel32", "CloseHandle")(handle):
-            raise self._fail("CloseHandle")
+        self._fn("kernel32", "CloseHandle")(handle)
 
     def wait_for_single_object(self, handle, milliseconds):
-        result = self._fn("kernel32", "WaitForSingleObject")(handle, milliseconds)
-        if result == WAIT_FAILED:
-            raise self._fail("WaitForSingleObject")
-        return result
+        return self._fn("kernel32", "WaitForSingleObject")(handle, milliseconds)
 
     def wait_for_multiple_objects(self, handles, wait_all, milliseconds):
         """*handles*: a sequence of HANDLEs or a prebuilt ``(c_void_p * n)`` array (n <= 64)."""
@@ -244,11 +236,8 @@ class Win32Api:
         if not 0 < count <= MAXIMUM_WAIT_OBJECTS:
             raise ValueError("WaitForMultipleObjects takes 1 to %d handles, not %d"
                              % (MAXIMUM_WAIT_OBJECTS, count))
-        result = self._fn("kernel32", "WaitForMultipleObjects")(
-            count, handles, int(bool(wait_all)), milliseconds)
-        if result == WAIT_FAILED:
-            raise self._fail("WaitForMultipleObjects")
-        return result
+        return self._fn("kernel32", "WaitForMultipleObjects")(count, handles,
+                                                              int(bool(wait_all)), milliseconds)
 
     def get_current_process(self):
         return self._fn("kernel32", "GetCurrentProcess")()
@@ -260,48 +249,36 @@ class Win32Api:
         while True:
             buffer = ctypes.create_unicode_buffer(size)
             length = get(buffer, size)
-            if length == 0:
-                raise self._fail("GetSystemDirectoryW")
             if length < size:                         # the path's length, without the NUL
                 return buffer.value
             size = length                             # the size it needs, with the NUL
 
     # advapi32 -------------------------------------------------------------------------------
     def open_sc_manager(self, access=SC_MANAGER_CONNECT):
-        handle = self._fn("advapi32", "OpenSCManagerW")(None, None, access)
-        if not handle:
-            raise self._fail("OpenSCManagerW")
-        return handle
+        return self._fn("advapi32", "OpenSCManagerW")(None, None, access)
 
     def open_service(self, manager, name, access=SERVICE_QUERY_STATUS):
-        handle = self._fn("advapi32", "OpenServiceW")(manager, name, access)
-        if not handle:
-            raise self._fail("OpenServiceW(%r)" % name)
-        return handle
+        return self._fn("advapi32", "OpenServiceW")(manager, name, access)
 
     def query_service_status(self, service):
         status = SERVICE_STATUS()
-        if not self._fn("advapi32", "QueryServiceStatus")(service, ctypes.byref(status)):
-            raise self._fail("QueryServiceStatus")
+        self._fn("advapi32", "QueryServiceStatus")(service, ctypes.byref(status))
         return status
 
     def close_service_handle(self, handle):
-        if not self._fn("advapi32", "CloseServiceHandle")(handle):
-            raise self._fail("CloseServiceHandle")
+        self._fn("advapi32", "CloseServiceHandle")(handle)
 
     def open_process_token(self, process, access=TOKEN_QUERY):
         token = ctypes.c_void_p()
-        if not self._fn("advapi32", "OpenProcessToken")(process, access, ctypes.byref(token)):
-            raise self._fail("OpenProcessToken")
+        self._fn("advapi32", "OpenProcessToken")(process, access, ctypes.byref(token))
         return token.value
 
     def token_elevation(self, token):
         elevation = TOKEN_ELEVATION()
         returned = ctypes.c_uint32(0)
-        if not self._fn("advapi32", "GetTokenInformation")(
-                token, TOKEN_ELEVATION_CLASS, ctypes.byref(elevation),
-                ctypes.sizeof(elevation), ctypes.byref(returned)):
-            raise self._fail("GetTokenInformation(TokenElevation)")
+        self._fn("advapi32", "GetTokenInformation")(
+            token, TOKEN_ELEVATION_CLASS, ctypes.byref(elevation), ctypes.sizeof(elevation),
+            ctypes.byref(returned))
         return elevation.TokenIsElevated
 
 
@@ -553,6 +530,7 @@ class EventWaiter:
     """
 
     def __init__(self, api, handles=(), clock=time.monotonic, interval=None, winapi=None):
+        """*handles*: the device handles to start with (see :meth:`set_captures`)."""
         self._api = api
         self._clock = clock
         self._closed = False
@@ -561,22 +539,14 @@ class EventWaiter:
         self._main_thread = threading.main_thread().ident
         self._wake = api.create_event(manual_reset=True, initial_state=False)
         self._groups = []
-        self.set_handles(handles)
-
-    @property
-    def wake_handle(self):
-        return self._wake
-
-    @property
-    def handles(self):
-        return self._handles
+        self._set_handles(handles)
 
     def set_captures(self, captures):
-        """Wait on these captures' read events from now on."""
-        self.set_handles([capture.event_handle() for capture in captures])
+        """Wait on these captures' read events from now on (a thread already waiting finishes
+        its wait on the old set)."""
+        self._set_handles([capture.event_handle() for capture in captures])
 
-    def set_handles(self, handles):
-        """Replace the device handles (e.g. after devices were opened or closed)."""
+    def _set_handles(self, handles):
         handles = tuple(handles)
         if any(not handle for handle in handles):
             raise ValueError("a NULL event handle cannot be waited on")
@@ -637,19 +607,9 @@ class EventWaiter:
                 return True
 
     def wake(self):
-        """Make the current and every later :meth:`wait` return True until :meth:`reset_wake`."""
+        """Make the current and every later :meth:`wait` return True (``close()``)."""
         if not self._closed:
             self._api.set_event(self._wake)
-
-    def reset_wake(self):
-        if not self._closed:
-            self._api.reset_event(self._wake)
-
-    def woken(self):
-        """True while the wake event is set."""
-        if self._closed:
-            return True
-        return self._api.wait_for_single_object(self._wake, 0) == WAIT_OBJECT_0
 
     def close(self):
         """Close the wake event (idempotent).  The device handles belong to pcap."""

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from . import _loader, _structs
+from . import _fixes, _loader, _structs
 from .errors import CaptureUnavailableError
 
 log = logging.getLogger("udpcap_ctypes.check")   # also when run as __main__
@@ -239,7 +239,7 @@ def check_library(env):
     except CaptureUnavailableError as exc:
         detail, fix = split_fix(exc.strerror or str(exc))
         if fix is None:
-            fix = _loader.install_fix(env)
+            fix = _fixes.install(env.platform)
         override = _loader.override_path(env.environ)
         if override and _loader.ENV_OVERRIDE not in fix:
             fix = "%s (%s=%r is set)" % (fix, _loader.ENV_OVERRIDE, override)
@@ -256,8 +256,7 @@ def check_library(env):
         return [Check("capture library", True,
                       "%s loaded from %s: WinPcap is unmaintained since 2013 and cannot capture "
                       "loopback traffic" % (version, source),
-                      fix="Uninstall WinPcap, then install Npcap from https://npcap.com/ with "
-                          "'Support loopback traffic' checked",
+                      fix=_fixes.REPLACE_WINPCAP,
                       warning=True, data=data)], library
     label = {"npcap": "Npcap", "libpcap": "libpcap"}.get(kind, kind)
     return [Check("capture library", True, "%s: %s, loaded from %s" % (label, version, source),
@@ -268,13 +267,9 @@ def _yes_no(value):
     return "not set" if value is None else ("1" if value else "0")
 
 
-def _service_fix(install):
-    both = "sc stop npcap, then sc start npcap"
-    if install is not None and install.winpcap_compatible:
-        both += " (sc stop npf / sc start npf if Npcap runs in WinPcap API-compatible mode)"
-    else:
-        both += " (use npf instead of npcap in WinPcap API-compatible mode)"
-    return "From an elevated prompt (Run as administrator): " + both
+def _compat(install):
+    """Does Npcap run in WinPcap API-compatible mode (its service is then npf)?"""
+    return install is not None and bool(install.winpcap_compatible)
 
 
 def check_windows(env, library):
@@ -288,16 +283,15 @@ def check_windows(env, library):
         # Not fatal: the loopback adapter is then known by its modern name only.
         checks.append(Check("Npcap registry", True,
                             "cannot read HKLM\\%s: %s" % (_win32.NPCAP_SERVICE_KEY, exc),
-                            "Run this check from an elevated prompt to see Npcap's options",
+                            _fixes.ELEVATED_CHECK + " to see Npcap's options",
                             warning=True))
     if install is not None and not install.installed:
         detail = "Npcap is not installed (no HKLM\\%s key)" % _win32.NPCAP_SERVICE_KEY
         if install.winpcap_present:
             detail += "; only the WinPcap driver (npf) is present"
         checks.append(Check("Npcap installed", False, detail,
-                            "Install Npcap from https://npcap.com/ with 'Support loopback "
-                            "traffic' checked" + (", after uninstalling WinPcap"
-                                                  if install.winpcap_present else "")))
+                            _fixes.REINSTALL_NPCAP_WITH_LOOPBACK.replace("Reinstall", "Install")
+                            + (", after uninstalling WinPcap" if install.winpcap_present else "")))
     elif install is not None:
         checks.append(Check("Npcap installed", True, "Npcap service key HKLM\\%s"
                             % _win32.NPCAP_SERVICE_KEY, data={"registry": _jsonable(
@@ -315,16 +309,17 @@ def check_windows(env, library):
                                 data={"state": state}))
         elif state == "missing":
             checks.append(Check("Npcap service", False, "the npcap service does not exist",
-                                "Install Npcap from https://npcap.com/ with 'Support loopback "
-                                "traffic' checked", data={"state": state}))
+                                _fixes.REINSTALL_NPCAP_WITH_LOOPBACK.replace("Reinstall",
+                                                                             "Install"),
+                                data={"state": state}))
         elif state == "access_denied":
             checks.append(Check("Npcap service", True, "the service manager refused to say "
                                 "whether npcap runs (access denied)",
-                                "Run this check from an elevated prompt to see the service "
-                                "state", warning=True, data={"state": state}))
+                                _fixes.ELEVATED_CHECK + " to see the service state",
+                                warning=True, data={"state": state}))
         else:
             checks.append(Check("Npcap service", False, "the npcap service is %s, not running"
-                                % state.replace("_", " "), _service_fix(install),
+                                % state.replace("_", " "), _fixes.npcap_service(_compat(install)),
                                 data={"state": state}))
     except OSError as exc:
         checks.append(Check("Npcap service", True, "cannot query the npcap service: %s" % exc,
@@ -348,7 +343,7 @@ def _check_packet_dll(library):
     if packet is None:
         return Check("Packet.dll", True, "Packet.dll was not loaded next to %s: Npcap "
                      "DLL and driver versions unknown" % library.path,
-                     "Install Npcap from https://npcap.com/ (Packet.dll is part of it)",
+                     "Install Npcap from %s (Packet.dll is part of it)" % _fixes.NPCAP_URL,
                      warning=True)
     versions = {}
     for key, name in (("dll", "PacketGetVersion"), ("driver", "PacketGetDriverVersion")):
@@ -364,7 +359,7 @@ def _check_packet_dll(library):
                                                versions["driver"] or "version unknown")
     if not versions["driver"]:
         return Check("Packet.dll", True, detail + ": the Npcap driver did not answer",
-                     _service_fix(None), warning=True, data=versions)
+                     _fixes.npcap_service(), warning=True, data=versions)
     return Check("Packet.dll", True, detail, data=versions)
 
 
@@ -379,8 +374,7 @@ def _check_npcap_options(install):
     if install.loopback_support is False:
         checks.append(Check("Npcap options", False, params + ": loopback capture is off, so "
                             "127.0.0.1 and this host's own multicast cannot be received",
-                            "Reinstall Npcap from https://npcap.com/ with 'Support loopback "
-                            "traffic' checked", data=data))
+                            _fixes.REINSTALL_NPCAP_WITH_LOOPBACK, data=data))
     else:
         checks.append(Check("Npcap options", True, params, data=data))
     return checks
@@ -396,7 +390,7 @@ def _check_elevation(env, api, install):
     except OSError as exc:
         return Check("elevation", True, "Npcap is restricted to administrators (AdminOnly=1) "
                      "and this process's elevation cannot be read: %s" % exc,
-                     _win32.ADMIN_ONLY_FIX, warning=True)
+                     _fixes.ADMIN_ONLY, warning=True)
     if elevated:
         return Check("elevation", True, "Npcap is restricted to administrators (AdminOnly=1) "
                      "and this process is elevated", data={"elevated": True})
@@ -404,7 +398,7 @@ def _check_elevation(env, api, install):
     # and self-test checks below say whether that was granted.
     return Check("elevation", True, "Npcap is restricted to administrators (AdminOnly=1) and "
                  "this process is not elevated: capturing starts Npcap's helper, whose User "
-                 "Account Control prompt must be accepted", _win32.ADMIN_ONLY_FIX,
+                 "Account Control prompt must be accepted", _fixes.ADMIN_ONLY,
                  warning=True, data={"elevated": False})
 
 
@@ -421,20 +415,10 @@ def parse_capabilities(status_text):
 
 def posix_permission_fix(env):
     python = env.python_path()
-    if env.platform == "darwin":
-        return ("Run with sudo, or give your user read access to /dev/bpf* (e.g. Wireshark's "
-                "ChmodBPF package)")
-    fix = ("Run as root (sudo), or grant the interpreter the capabilities once: "
-           "sudo setcap cap_net_raw,cap_net_admin+eip %s" % python)
-    if env.interpreter_is_shared():
-        fix += ". " + _SHARED_INTERPRETER % python
+    fix = _fixes.permission(env.platform, python)
+    if env.platform != "darwin" and env.interpreter_is_shared():
+        fix += ". " + _fixes.SHARED_INTERPRETER % python
     return fix
-
-
-_SHARED_INTERPRETER = ("Note: %s is a shared interpreter (the system's, or the one a default "
-                       "venv links to): every script it runs gets the capabilities. For a "
-                       "private copy: python3 -m venv --copies DIR, then setcap DIR/bin/python3 "
-                       "and run your program with it")
 
 
 def check_privileges(env):
@@ -466,7 +450,7 @@ def check_privileges(env):
     if env.interpreter_is_shared():
         python = env.python_path()
         return Check("privileges", True, detail, "The capabilities come with " + python +
-                     ". " + _SHARED_INTERPRETER % python, warning=True, data=data)
+                     ". " + _fixes.SHARED_INTERPRETER % python, warning=True, data=data)
     return Check("privileges", True, detail, data=data)
 
 
@@ -484,11 +468,10 @@ def is_loopback(env, device, install):
 def _open_fix(env, exc):
     if isinstance(exc, PermissionError):
         if env.windows:
-            from . import _win32
-            return _win32.ADMIN_ONLY_FIX
+            return _fixes.ADMIN_ONLY
         return posix_permission_fix(env)
     if env.windows:
-        return _service_fix(None)
+        return _fixes.npcap_service()
     return "Check that the interface exists and is up ('ip link show'); then rerun this check"
 
 
@@ -511,8 +494,8 @@ def check_devices(env, library, install=None):
                                 "%s is not among the capture devices: the Npcap loopback "
                                 "adapter is missing or its driver did not start"
                                 % " / ".join(names),
-                                _service_fix(install) + "; if it is still missing, reinstall "
-                                "Npcap with 'Support loopback traffic' checked",
+                                _fixes.npcap_service(_compat(install)) + "; if it is still "
+                                "missing: " + _fixes.REINSTALL_NPCAP_WITH_LOOPBACK,
                                 data={"expected": names}))
         else:
             checks.append(Check("loopback device", True, "%s is present" % loopbacks[0].name))
@@ -668,7 +651,7 @@ def _self_test_fix(env, result, multicast=False):
     if error_type == "PermissionError":
         return _open_fix(env, PermissionError())
     if error_type == "CaptureUnavailableError":
-        return split_fix(result["error"])[1] or _loader.install_fix(env)
+        return split_fix(result["error"])[1] or _fixes.install(env.platform)
     drops = result.get("statistics", {}).get("capture_drops", 0)
     if drops:
         return ("The capture buffer overflowed (%d frames dropped): close other capture "
@@ -676,7 +659,7 @@ def _self_test_fix(env, result, multicast=False):
                 "(set_receive_buffer_size)" % drops)
     if env.windows:
         return ("Check that Npcap was installed with 'Support loopback traffic' and that "
-                "\\Device\\NPF_Loopback opens (see above); " + _service_fix(None))
+                "\\Device\\NPF_Loopback opens (see above); " + _fixes.npcap_service())
     if multicast:
         return ("Check that the interface has a multicast route ('ip route add 224.0.0.0/4 "
                 "dev IFACE') and pass its address with --interface")
