@@ -319,9 +319,9 @@ class ListCapture:
         pass
 
 
-class Device:
-    name = "fuzz0"
-    ipv4 = [(LOCAL, 0xFFFFFF00, 0)]
+def fuzz_device():
+    """One non-loopback device owning LOCAL (a host mask: no subnet broadcasts)."""
+    return _capture.Device("fuzz0", None, 0, [(LOCAL, 0xFFFFFFFF, 0)])
 
 
 class FakePosixPlatform:
@@ -329,7 +329,7 @@ class FakePosixPlatform:
     drain_before_wait = False
 
     def coalesce_default(self, immediate):
-        return _platform.PosixPlatform.COALESCE       # the decision code runs too
+        return _platform.LinuxPlatform.COALESCE       # the decision code runs too
 
 
 def hostile_fragments(rng, src, ident):
@@ -386,10 +386,7 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
     rng = random.Random(seed)
     stats = Statistics()
     receiver = Receiver(FakePosixPlatform(), stats, Options(verify_udp_checksum=verify))
-    receiver.port = PORT
-    receiver.bound_address = 0
-    receiver.local_addresses = frozenset({LOCAL, 0xFFFFFFFF})
-    receiver._set_memberships({(GROUP, 0)})
+    receiver.configure([fuzz_device()], 0, PORT, {(GROUP, 0)})
     cap = inspect.signature(Reassembler.__init__).parameters["max_bytes"].default
     watch = {"max_pending": 0, "cap": cap, "read": 0}
 
@@ -453,8 +450,8 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
     for linktype in linktypes:
         fed += len(streams[linktype])
         reader = ListBatchReader(streams[linktype], rng, receiver, watch)
-        receiver.captures.append(_OpenCapture(ListCapture(linktype, reader), Device(), False, (),
-                                              receiver._own_on_egress))
+        receiver.captures.append(_OpenCapture(ListCapture(linktype, reader), fuzz_device(),
+                                              _platform.NO_OWN_FRAMES, own_on_egress=True))
 
     got = collections.Counter()
     noise_deliveries = 0

@@ -105,17 +105,18 @@ def open_offline_socket(path):
     """
     from udpcap_ctypes import UdpcapSocket
     from udpcap_ctypes._capture import Device
+    from udpcap_ctypes._platform import NO_OWN_FRAMES
     from udpcap_ctypes._receiver import Receiver, _OpenCapture
     sock = UdpcapSocket(coalesce=0)
     platform = sock._platform
     if platform.libc is None:
         raise SystemExit("bench_replay.py needs the POSIX batch reader (fmemopen in the C library)")
     receiver = Receiver(platform, sock._stats, sock._options)
-    receiver.port = PORT
-    receiver.bound_address = 0x7F000001
+    device = Device(path, None, 0, [], loopback=True)
+    receiver.configure([device], 0x7F000001, PORT)
     capture = _OfflineCapture(platform, path)
-    receiver.captures.append(_OpenCapture(capture, Device(path, None, 0, []), True, (),
-                                          receiver._own_on_egress))
+    receiver.captures.append(_OpenCapture(capture, device, NO_OWN_FRAMES,
+                                          platform.own_multicast_seen_on == "egress"))
     sock._receiver = receiver
     sock._ready = receiver.ready
     sock._sockname = DESTINATION

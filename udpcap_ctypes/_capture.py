@@ -52,13 +52,16 @@ _SF_RECORD = struct.Struct("=IIII")        # savefile record header: ts_sec, ts_
 class Device:
     """A capture device as ``pcap_findalldevs`` lists it."""
 
-    __slots__ = ("name", "description", "flags", "ipv4")
+    __slots__ = ("name", "description", "flags", "ipv4", "loopback")
 
-    def __init__(self, name, description, flags, ipv4):
+    def __init__(self, name, description, flags, ipv4, loopback=None):
         self.name = name                  # str, e.g. "lo", "eth0", r"\Device\NPF_{GUID}"
         self.description = description    # str or None
         self.flags = flags                # PCAP_IF_* bits
         self.ipv4 = ipv4                  # [(address, netmask, broadcast)] as ints (0 if none)
+        # The loopback capture device?  Decided by the platform (Platform.devices): Npcap's
+        # can be a legacy adapter that only the registry names.
+        self.loopback = self.loopback_flag if loopback is None else loopback
 
     @property
     def loopback_flag(self):

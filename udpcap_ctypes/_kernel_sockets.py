@@ -17,13 +17,11 @@ import socket
 import struct
 import threading
 
+from ._net import ip_text
+
 log = logging.getLogger(__name__)
 
 _MIN_RCVBUF = 1     # the kernel rounds this up to its minimum
-
-
-def _ip(addr_int):
-    return socket.inet_ntoa(struct.pack("!I", addr_int))
 
 
 class MembershipHolder:
@@ -50,11 +48,11 @@ class MembershipHolder:
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
                     joined += 1
                 except OSError as exc:
-                    log.debug("membership %s on %s: %s", _ip(group), _ip(address), exc)
+                    log.debug("membership %s on %s: %s", ip_text(group), ip_text(address), exc)
             if not joined:
                 log.warning("could not hold a kernel membership of %s on any interface; the "
                             "group may only arrive while another program is a member",
-                            _ip(group))
+                            ip_text(group))
         except BaseException:
             sock.close()
             raise

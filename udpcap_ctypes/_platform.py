@@ -1,10 +1,23 @@
-"""Platform glue: everything that differs between POSIX libpcap and Windows Npcap.
+"""Platform glue: everything that differs between Linux, the other POSIX systems and Windows.
 
-The receiver asks a :class:`Platform` object which devices to open, how large to make their
-snaplen, which frames are this host's own, what to add to a filter, how to wait, and how to hold
-a multicast membership.  No other module tests ``sys.platform`` for behaviour.
+The receiver asks a :class:`Platform` which devices there are (with ``loopback`` decided),
+how to open a capture on one (snaplen, ring size, reader, platform settings), how this host's
+own frames look there (:class:`OwnFrames`), how to wait, and how to hold a multicast
+membership.  Behaviour that differs lives here: other modules ask the platform object, not
+``sys.platform`` (only the loader and ``check`` read it, to find the library and to describe
+the machine).
+
+* :class:`LinuxPlatform` -- libpcap on Linux: MTU-sized snaplen (immediate mode cuts the ring
+  into slots), the ring fd tells when frames are left, PACKET_IGNORE_OUTGOING on lo, interrupt
+  moderation, interface facts from ioctls;
+* :class:`PosixPlatform` -- libpcap on macOS and the BSDs;
+* :class:`WindowsPlatform` -- Npcap: the loopback adapter by its registry names, own MACs by
+  an OID request, events to wait on, the loopback kickstart.
 """
 
+from __future__ import annotations
+
+import abc
 import ctypes
 import ctypes.util
 import errno
@@ -16,8 +29,9 @@ import struct
 import sys
 import threading
 
-from . import _fixes, _pcap
+from . import _capture, _fixes, _pcap
 from ._bind import POSIX, Prototype, bind
+from ._net import ip_text, mac_text
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +49,37 @@ def current(library):
     with _platforms_lock:
         platform = _platforms.get(id(library))
         if platform is None or platform.library is not library:
-            platform = WindowsPlatform(library) if library.windows else PosixPlatform(library)
+            if library.windows:
+                platform = WindowsPlatform(library)
+            elif sys.platform.startswith("linux"):
+                platform = LinuxPlatform(library)
+            else:
+                platform = PosixPlatform(library)
             _platforms[id(library)] = platform
         return platform
 
 
-class Platform:
+class OwnFrames:
+    """How the frames this host sends look on one capture: the MACs the parser recognises
+    them by, and the BPF clause that keeps them out of the capture (None: keep them), which
+    may depend on the socket's multicast-loopback flag."""
+
+    __slots__ = ("macs", "_clauses")
+
+    def __init__(self, macs=(), keep_when_looping=True):
+        self.macs = tuple(macs)
+        clause = " and ".join("not ether src %s" % mac_text(m) for m in self.macs) or None
+        # (clause with multicast loopback off, clause with it on)
+        self._clauses = (clause, None if keep_when_looping else clause)
+
+    def clause(self, multicast_loopback):
+        return self._clauses[bool(multicast_loopback)]
+
+
+NO_OWN_FRAMES = OwnFrames()
+
+
+class Platform(abc.ABC):
     """Behaviour shared by every platform; subclasses fill in the differences."""
 
     # Where a datagram this host sends to a joined group shows up in the capture:
@@ -48,23 +87,51 @@ class Platform:
     #                 copy is never shown to packet capture);
     #   "loopback" -- on the loopback capture device (Npcap), outgoing frames are filtered.
     own_multicast_seen_on = "egress"
+    # Read the captures before every wait?  Needed where the wait cannot see frames libpcap
+    # already holds (Npcap's event, a BSD BPF fd); Linux's ring fd tells.
     drain_before_wait = True
     # Does a new filter zero the capture's counters (pcap_stats)?  Capture then keeps a base.
     filter_resets_counters = False
-    # Socket options of the port guard (see _kernel_sockets.PortGuard): POSIX shares the port
-    # with SO_REUSEADDR, which there never takes it from a socket that did not ask for sharing.
+    # Socket options of the port guard, set after its bind (see _kernel_sockets.PortGuard):
+    # POSIX lets later sockets share the port (SO_REUSEADDR never takes it from one there).
     port_guard_options = ((socket.SOL_SOCKET, socket.SO_REUSEADDR, 1),)
+    libc = None                   # the C library for DumpBatchReader, where there is one
 
     def __init__(self, library):
         self.library = library
         self.fns = library.fns
 
     def devices(self):
-        from ._capture import find_devices
-        return find_devices(self.fns)
+        """The capture devices, each with ``loopback`` decided for this platform."""
+        devices = _capture.find_devices(self.fns)
+        for device in devices:
+            device.loopback = self._is_loopback(device)
+        return devices
 
-    def is_loopback(self, device):
+    def _is_loopback(self, device):
         return device.loopback_flag
+
+    def open_capture(self, device, buffer_size, immediate, promiscuous):
+        """Open and activate a capture on *device*, with this platform's snaplen, ring size,
+        batch reader and settings.  Raises OSError (explained, see :meth:`explain_open_error`)."""
+        snaplen = self.snaplen_for(device)
+        try:
+            capture = _capture.Capture(
+                self.fns, device.name, snaplen, self.ring_size(buffer_size, snaplen, immediate),
+                immediate=immediate, promiscuous=promiscuous, libc=self.libc,
+                filter_resets_counters=self.filter_resets_counters)
+        except OSError as exc:
+            raise self.explain_open_error(exc) from None
+        try:
+            self._prepare(capture, device)
+        except BaseException:
+            capture.close()
+            raise
+        return capture
+
+    def _prepare(self, capture, device):
+        """Platform settings of a freshly activated capture (none by default)."""
+        return None
 
     def snaplen_for(self, device):
         """Large enough for any IPv4 packet plus link headers.  Npcap and BSD buffers are
@@ -80,21 +147,17 @@ class Platform:
         slots (Linux immediate mode); None where frames are packed by their length."""
         return None
 
-    def own_macs(self, device, capture):
-        return ()
-
-    def extra_filter(self, device, own_macs, multicast_loopback):
-        """A clause ANDed to the device's BPF filter, or None."""
-        return None
+    def own_frames(self, device, capture):
+        """How this host's own frames look on *capture* (see :class:`OwnFrames`)."""
+        return NO_OWN_FRAMES
 
     def hold_memberships_default(self):
         return True
 
     def groups_joined(self, groups, captures, multicast_loopback):
-        """Called with newly joined groups (ints) once captures are open."""
-
-    def prepare(self, capture, is_loopback):
-        """Platform settings of a freshly activated capture."""
+        """Called with newly joined groups (ints) once captures are open (nothing to do by
+        default)."""
+        return None
 
     def coalesce_default(self, immediate):
         """Seconds of interrupt moderation when the user does not choose (Options.coalesce).
@@ -107,9 +170,9 @@ class Platform:
         """The exception to raise for *exc* from opening a capture (platform diagnosis)."""
         return exc
 
+    @abc.abstractmethod
     def make_waiter(self, captures, immediate):
         """An object with ``wait(timeout)``, ``wake()``, ``set_captures(captures)``, ``close()``."""
-        raise NotImplementedError
 
     def port_guard_default(self):
         """Options.port_guard when the user does not choose (see _kernel_sockets.PortGuard)."""
@@ -121,101 +184,98 @@ class Platform:
 
     def interface_address(self, index):
         """The IPv4 address (text) of the interface with this index (an ``ip_mreqn``'s)."""
-        try:
-            name = socket.if_indextoname(index)
-        except OSError:
-            name = None
-        answer = _interface_ioctl(name, _SIOCGIFADDR) if name else None
-        if answer is None:
-            raise OSError(errno.ENODEV, "no interface with index %d has an IPv4 address"
-                          % index)
-        return socket.inet_ntoa(bytes(answer[20:24]))          # ifr_addr.sin_addr
+        raise OSError(errno.ENODEV, "no interface with index %d has an IPv4 address" % index)
 
 
 class PosixPlatform(Platform):
-    own_multicast_seen_on = "egress"
-    # Linux's ring fd is readable exactly while unread frames remain (immediate mode); a BSD
-    # BPF fd does not see the buffer libpcap has already read, so there we drain first.
-    drain_before_wait = not sys.platform.startswith("linux")
+    """libpcap on macOS and the BSDs: a BPF fd does not see the buffer libpcap has already
+    read, so receives drain before they wait."""
 
     def __init__(self, library):
         super().__init__(library)
         self.libc = _load_libc()
 
-    def prepare(self, capture, is_loopback):
-        if is_loopback and sys.platform.startswith("linux"):
-            ignore_outgoing(capture)
+    def make_waiter(self, captures, immediate):
+        return PollWaiter(captures)
 
-    # Linux, immediate mode: a wake-up (poll, pcap_dispatch and the Python around them) costs
-    # several times a frame's parsing, and the receiver, faster than any single sender, wakes
-    # up for nearly every frame.  A 100 us pause (about 160 us with timer slack) lets 15-25
-    # frames collect at 100-150k datagrams/s: CPU per datagram fell from about 8-10 us to 4 us
-    # in tools/bench.py.  Without immediate mode TPACKET_V3 blocks already batch.
+
+class LinuxPlatform(PosixPlatform):
+    """libpcap on Linux (packet sockets, TPACKET rings)."""
+
+    # In immediate mode the ring fd is readable exactly while unread frames remain.
+    drain_before_wait = False
+
+    # A wake-up (poll, pcap_dispatch and the Python around them) costs several times a
+    # frame's parsing, and the receiver, faster than any single sender, wakes up for nearly
+    # every frame.  A 100 us pause (about 160 us with timer slack) lets 15-25 frames collect at
+    # 100-150k datagrams/s: CPU per datagram fell from about 8-10 us to 4 us in
+    # tools/bench.py.  Without immediate mode TPACKET_V3 blocks already batch.
     COALESCE = 100e-6
 
+    # A ring of fewer frames than this loses bursts.
+    MIN_RING_FRAMES = 32
+
     def coalesce_default(self, immediate):
-        return self.COALESCE if immediate and sys.platform.startswith("linux") else 0.0
+        return self.COALESCE if immediate else 0.0
+
+    def _prepare(self, capture, device):
+        if device.loopback:
+            ignore_outgoing(capture)
 
     def snaplen_for(self, device):
-        """Linux: MTU-sized, since in immediate mode every ring slot is snaplen-sized; a frame
-        (or fragment) never exceeds its device's MTU."""
+        """MTU-sized: in immediate mode the ring is cut into frames of the snaplen (capped at
+        the MTU), and a frame (or fragment) never exceeds its device's MTU."""
         answer = _interface_ioctl(device.name, _SIOCGIFMTU)
         if answer is None:
             return super().snaplen_for(device)
         mtu = struct.unpack_from("=i", answer, 16)[0]
         return min(MAX_SNAPLEN, mtu + LINK_OVERHEAD)
 
-    # In immediate mode (TPACKET_V2) Linux cuts the ring into slots of a power of two at least
-    # the snaplen plus the packet header; a ring of fewer slots than this loses bursts (and on
-    # lo, where each datagram is captured outgoing and incoming, even single datagrams).
-    MIN_RING_SLOTS = 32
-    TPACKET_OVERHEAD = 96
+    @staticmethod
+    def _frame(snaplen):
+        # libpcap 1.10 pcap-linux.c create_ring (TPACKET_V2): a frame is TPACKET_ALIGN(64-byte
+        # header offset + min(snaplen, MTU + 18)), and our snaplen is MTU + LINK_OVERHEAD.
+        # Frames go in blocks of a power of two (page size and up), whole frames only: on lo
+        # a 64 KiB frame takes a 128 KiB block, so the memory is twice the ring asked for.
+        return (64 + min(snaplen, snaplen - LINK_OVERHEAD + 18) + 15) & ~15
 
     def ring_size(self, requested, snaplen, immediate):
-        if not immediate or not sys.platform.startswith("linux"):
+        if not immediate:
             return requested
-        return max(requested, self.MIN_RING_SLOTS * self._slot(snaplen))
+        return max(requested, self.MIN_RING_FRAMES * self._frame(snaplen))
 
     def ring_frames(self, ring, snaplen, immediate):
-        # libpcap 1.10 pcap-linux.c create_ring (TPACKET_V2): frames = ceil(ring / frame), a
-        # frame = TPACKET_ALIGN(64-byte header offset + min(snaplen, MTU + 18)); our snaplen
-        # is MTU + LINK_OVERHEAD.  (Blocks are a power of two of whole frames, so on lo, with
-        # 64 KiB frames in 128 KiB blocks, the memory taken is twice the ring asked for.)
-        if not immediate or not sys.platform.startswith("linux"):
-            return None
-        frame = (64 + min(snaplen, snaplen - LINK_OVERHEAD + 18) + 15) & ~15
-        return -(-ring // frame)
+        # libpcap: frames = ceil(ring / frame).
+        return -(-ring // self._frame(snaplen)) if immediate else None
 
-    def _slot(self, snaplen):
-        return 1 << (snaplen + self.TPACKET_OVERHEAD - 1).bit_length()
-
-    def own_macs(self, device, capture):
-        if capture.linktype != _pcap.DLT_EN10MB:
-            return ()
+    def own_frames(self, device, capture):
+        # Our own multicast shows up as outgoing frames: keep them out of the ring unless the
+        # socket wants them (the parser checks again: the filter is an optimisation).
+        if device.loopback or capture.linktype != _pcap.DLT_EN10MB:
+            return NO_OWN_FRAMES
         answer = _interface_ioctl(device.name, _SIOCGIFHWADDR)
+        mac = bytes(answer[18:24]) if answer is not None else b""     # ifr_hwaddr.sa_data
+        return OwnFrames([mac], keep_when_looping=True) if any(mac) else NO_OWN_FRAMES
+
+    def interface_address(self, index):
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            name = None
+        answer = _interface_ioctl(name, _SIOCGIFADDR) if name else None
         if answer is None:
-            return ()
-        mac = bytes(answer[18:24])                 # ifr_hwaddr.sa_data
-        return (mac,) if any(mac) else ()
-
-    def extra_filter(self, device, own_macs, multicast_loopback):
-        # Our own multicast shows up as outgoing frames; keep them out of the ring unless the
-        # socket wants them.  (The parser checks again: the filter is an optimisation.)
-        if own_macs and not multicast_loopback:
-            return " and ".join("not ether src %s" % _mac_text(m) for m in own_macs)
-        return None
-
-    def make_waiter(self, captures, immediate):
-        return PollWaiter(captures)
+            return super().interface_address(index)
+        return socket.inet_ntoa(bytes(answer[20:24]))          # ifr_addr.sin_addr
 
 
 class WindowsPlatform(Platform):
+    """Npcap (wpcap.dll, Packet.dll, the NPF driver)."""
+
     own_multicast_seen_on = "loopback"
     # Npcap's BIOCSETF resets the driver buffer and its Received/Dropped/Accepted counters
     # (npf Packet.c funcBIOCSETF -> Openclos.c NPF_ResetBufferContents).
     filter_resets_counters = True
-    # SO_REUSEADDR on Windows lets a socket bind over another process's port: bind without it,
-    # so the guard never takes a port that some program holds.
+    # SO_REUSEADDR on Windows lets a socket bind over another process's port: no option.
     port_guard_options = ()
     # Without immediate mode Npcap signals the read event only once 16,000 bytes are buffered
     # (pcap-npf.c MinToCopy; npf Read.c): the waiter then also reads this often (seconds).
@@ -235,23 +295,17 @@ class WindowsPlatform(Platform):
             log.warning("cannot read Npcap's registry settings (%s); the loopback adapter is "
                         "recognised by its name \\Device\\NPF_Loopback only", exc)
             self.install = None
-        self.libc = None
 
-    def is_loopback(self, device):
+    def _is_loopback(self, device):
         return self._win32.is_loopback_device(device.name, self.install) or device.loopback_flag
 
-    def own_macs(self, device, capture):
-        if capture.linktype != _pcap.DLT_EN10MB:
-            return ()
+    def own_frames(self, device, capture):
+        # Npcap shows the frames this host sends on the real adapter, and locally sent
+        # multicast again on the loopback adapter: drop the former, as udpcap does.
+        if device.loopback or capture.linktype != _pcap.DLT_EN10MB:
+            return NO_OWN_FRAMES
         mac = self._win32.adapter_mac(self.fns, capture.handle)
-        return (mac,) if mac else ()
-
-    def extra_filter(self, device, own_macs, multicast_loopback):
-        # Npcap shows frames this host sends on the real adapter, and locally sent multicast
-        # again on the loopback adapter: drop the former, as udpcap does.
-        if own_macs:
-            return " and ".join(self._win32.mac_filter_clause(m) for m in own_macs)
-        return None
+        return OwnFrames([mac], keep_when_looping=False) if mac else NO_OWN_FRAMES
 
     def make_waiter(self, captures, immediate):
         waiter = self._win32.EventWaiter(
@@ -298,15 +352,11 @@ class WindowsPlatform(Platform):
         if not (groups and multicast_loopback and any(c.is_loopback for c in captures)):
             return
         try:
-            self._kickstart([socket.inet_ntoa(struct.pack("!I", g)) for g in sorted(groups)])
+            self._kickstart([ip_text(g) for g in sorted(groups)])
         except OSError as exc:
             log.warning("multicast loopback kickstart failed (%s): datagrams this host sends "
                         "to the group may not be captured until another local program joins it",
                         exc)
-
-
-def _mac_text(mac):
-    return ":".join("%02x" % b for b in mac)
 
 
 # Linux interface ioctls.  They answer for the network namespace of the calling thread, which
@@ -317,9 +367,7 @@ _SIOCGIFHWADDR = 0x8927
 
 
 def _interface_ioctl(name, request):
-    """The 40-byte ``struct ifreq`` answer for interface *name*, or None."""
-    if not sys.platform.startswith("linux"):
-        return None
+    """The 40-byte ``struct ifreq`` answer for Linux interface *name*, or None."""
     try:
         import fcntl
         ifreq = struct.pack("16s24x", name.encode("utf-8")[:15])

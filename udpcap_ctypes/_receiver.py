@@ -1,9 +1,13 @@
 """The private implementation behind :class:`~udpcap_ctypes.UdpcapSocket`.
 
 A :class:`Receiver` owns, for one bound socket: the open captures (one per device), their BPF
-filters, the waiter, the reassembler, the kernel helper sockets, and the rules that decide which
-parsed datagram is delivered.  The public socket adds argument checking, timeouts and the
-socket-shaped surface.
+filters, the waiter, the reassembler, the kernel helper sockets, the rules that decide which
+parsed datagram is delivered, and receiving itself -- waiting, interrupt moderation and the
+close handshake.  The public socket adds argument checking, the socket-shaped surface and the
+lock-free fast path for datagrams already queued.
+
+Setting up is two steps: :meth:`Receiver.configure` (pure: the rules for a bind over a list of
+devices) and :meth:`Receiver.open` (the captures, the waiter, the helper sockets).
 
 Locking: ``io_lock`` is held while frames are read or filters are swapped, never while waiting,
 so ``join``/``leave``/``set_multicast_loopback`` from other threads wait at most one batch.
@@ -17,42 +21,41 @@ import struct
 import threading
 import time
 
-from . import _capture, _fixes, _packet, _pcap
+from . import _fixes, _packet, _pcap
 from ._kernel_sockets import MembershipHolder, PortGuard
+from ._net import ip_text
 from ._reassembly import Reassembler
-from .errors import PcapError
+from .errors import PcapError, SocketClosedError
 
 log = logging.getLogger(__name__)
 
 _u16 = struct.Struct("!H")
 _monotonic = time.monotonic
 _ADDRESS_CACHE_LIMIT = 4096
+_CLOSE_WAIT = 2.0       # how long shutdown() waits for woken receivers to leave their wait
 
 
 def is_multicast(address):
     return address >> 28 == 0xE
 
 
-def ip_text(address):
-    return socket.inet_ntoa(struct.pack("!I", address))
-
-
 class _OpenCapture:
     """A capture plus what the delivery rules need to know about its device."""
 
-    __slots__ = ("capture", "device", "parse_link", "is_own", "is_loopback", "own_macs",
+    __slots__ = ("capture", "device", "parse_link", "is_own", "is_loopback", "own",
                  "filter_text", "view", "reader", "parse_batch", "check_own", "addresses")
 
-    def __init__(self, capture, device, is_loopback, own_macs, own_on_egress):
+    def __init__(self, capture, device, own, own_on_egress):
+        """*own*: how this host's frames look here (``_platform.OwnFrames``)."""
         self.capture = capture
         self.device = device
         self.addresses = frozenset(address for address, _m, _b in device.ipv4)
-        self.is_loopback = is_loopback
-        self.own_macs = own_macs
+        self.is_loopback = device.loopback
+        self.own = own
         self.parse_link = _packet.make_link_parser(capture.linktype)
-        self.is_own = _packet.make_outgoing_test(capture.linktype, own_macs)
+        self.is_own = _packet.make_outgoing_test(capture.linktype, own.macs)
         # Must a frame's direction be asked before delivering unicast?  (See Receiver._fill.)
-        self.check_own = own_on_egress and (bool(own_macs) or capture.linktype in (
+        self.check_own = own_on_egress and (bool(own.macs) or capture.linktype in (
             _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
         self.parse_batch = _packet.make_batch_parser(capture.linktype)
         self.filter_text = None
@@ -61,7 +64,7 @@ class _OpenCapture:
 
 
 class Receiver:
-    """Captures and delivery rules of one bound socket."""
+    """Captures, delivery rules and receiving of one bound socket."""
 
     def __init__(self, platform, stats, options):
         self.platform = platform
@@ -69,10 +72,13 @@ class Receiver:
         self.options = options
         self.io_lock = threading.Lock()
         self.captures = []
+        self.chosen = []                # the devices to open (configure)
         self.waiter = None
         self.port = 0
         self.bound_address = 0          # int; 0 = any
         self.local_addresses = frozenset()
+        self.interface_addresses = frozenset()
+        self.membership_pairs = frozenset()   # (group, interface address or 0)
         self.groups = frozenset()       # joined groups (ints)
         self.group_interfaces = {}      # group -> interface addresses it was joined on (0: any)
         self.readiness = None           # fileno()'s pollable fd, when the socket has one
@@ -91,7 +97,7 @@ class Receiver:
         # ring's fd is readable exactly while unread frames remain, so the wait itself tells,
         # and an idle receiver makes one native call per datagram instead of two.
         self.drain_before_wait = platform.drain_before_wait or not options.immediate
-        # Interrupt moderation (Options.coalesce): _fill decides, the socket's wait loop sleeps.
+        # Interrupt moderation (Options.coalesce): _fill decides, the wait loop sleeps.
         self.coalesce = (platform.coalesce_default(options.immediate)
                          if options.coalesce is None else options.coalesce)
         self.coalescing = False
@@ -99,18 +105,20 @@ class Receiver:
         self.lost = []                  # captures whose device went away (closed on close())
         self._lost_drops = 0            # their drop counts when they went
         self.failure = None             # (errno, text) once no capture is left to read
+        # The close handshake: one token per thread inside receive() (deque append/pop are
+        # atomic), so that shutdown() can wake them and wait for them to leave.
+        self.closing = False
+        self._receiving = collections.deque()
 
-    # -- opening -----------------------------------------------------------------------------
+    # -- setting up --------------------------------------------------------------------------
 
-    def open(self, address, port, buffer_size, memberships, multicast_loopback, readiness=None):
-        """Select devices for *address* (int, 0 = any), open and filter them.
-
-        A device that fails to open is logged, counted (``devices_failed``) and left out when
-        the socket can do without it: any device of a bind to 0.0.0.0, the loopback device of
-        a bind to an interface address.  ``bind`` fails only when nothing opens.
-        """
-        devices = [d for d in self.platform.devices() if d.ipv4 or self.platform.is_loopback(d)]
-        chosen = select_devices(devices, address, self.platform.is_loopback)
+    def configure(self, devices, address, port, memberships=(), multicast_loopback=True):
+        """The receive rules for a bind to *address* (int, 0 = any) and *port* over *devices*
+        (``Device`` objects with ``loopback`` decided).  Pure: nothing is opened.  Raises
+        ``EADDRNOTAVAIL`` when no device owns *address*, ``ENODEV`` for a membership on an
+        interface address no device has."""
+        devices = [d for d in devices if d.ipv4 or d.loopback]
+        self.chosen = select_devices(devices, address)
         self.port = port
         self.bound_address = address
         self.multicast_loopback = multicast_loopback
@@ -133,14 +141,23 @@ class Receiver:
             if interface:
                 self.check_interface(interface)
         self._set_memberships(memberships)
+
+    def open(self, buffer_size, readiness=None):
+        """Open and filter a capture on every chosen device (see :meth:`configure`), then the
+        waiter and the helper sockets.
+
+        A device that fails to open is logged, counted (``devices_failed``) and left out when
+        the socket can do without it: any device of a bind to 0.0.0.0, the loopback device of
+        a bind to an interface address.  Opening fails only when nothing opens.
+        """
+        address, port = self.bound_address, self.port
         try:
             failure = None
-            for device in chosen:
+            for device in self.chosen:
                 try:
                     opened = self._open_capture(device, buffer_size)
                 except OSError as exc:
-                    if not (address == 0 or address >> 24 != 127
-                            and self.platform.is_loopback(device)):
+                    if not (address == 0 or address >> 24 != 127 and device.loopback):
                         raise
                     self.stats.devices_failed += 1
                     log.warning("not capturing on %s%s: %s", device.name,
@@ -162,13 +179,13 @@ class Receiver:
                                                     self.options.immediate)
             if readiness is not None:
                 self.attach_readiness(readiness)
-            self.platform.groups_joined(self.groups, self.captures, multicast_loopback)
+            self.platform.groups_joined(self.groups, self.captures, self.multicast_loopback)
             hold = self.options.hold_memberships
             if hold is None:
                 hold = self.platform.hold_memberships_default()
             if hold:
                 interfaces = ([address] if address and not (address >> 24 == 127) else
-                              [a for d in chosen if not self.platform.is_loopback(d)
+                              [a for d in self.chosen if not d.loopback
                                for a, _m, _b in d.ipv4])
                 self.memberships = MembershipHolder(interfaces)
                 for group, interface in self.membership_pairs:
@@ -187,35 +204,27 @@ class Receiver:
                   ", ".join(c.device.name for c in self.captures))
 
     def _open_capture(self, device, buffer_size):
-        """Open, activate and prepare one device: an :class:`_OpenCapture` (not yet filtered).
+        """Open one device through the platform: an :class:`_OpenCapture` (not yet filtered).
 
         A device that refuses promiscuous mode is opened again without it, with a warning
         (multicast may then arrive only for groups some local socket has joined).
         """
-        platform = self.platform
-        snaplen = platform.snaplen_for(device)
-        ring = platform.ring_size(buffer_size, snaplen, self.options.immediate)
         promiscuous = self.options.promiscuous
         while True:
             try:
-                capture = _capture.Capture(
-                    platform.fns, device.name, snaplen, ring, immediate=self.options.immediate,
-                    promiscuous=promiscuous, libc=platform.libc,
-                    filter_resets_counters=platform.filter_resets_counters)
+                capture = self.platform.open_capture(device, buffer_size,
+                                                     self.options.immediate, promiscuous)
                 break
             except OSError as exc:
-                exc = platform.explain_open_error(exc)
                 if (not promiscuous or isinstance(exc, PermissionError)
                         or exc.errno == errno.ENODEV):
-                    raise exc from None
+                    raise
                 log.warning("%s: %s; opening it again without promiscuous mode", device.name,
                             exc)
                 promiscuous = False
         try:
-            is_loopback = platform.is_loopback(device)
-            platform.prepare(capture, is_loopback)
-            own_macs = () if is_loopback else platform.own_macs(device, capture)
-            return _OpenCapture(capture, device, is_loopback, own_macs, self._own_on_egress)
+            return _OpenCapture(capture, device, self.platform.own_frames(device, capture),
+                                self._own_on_egress)
         except _packet.UnsupportedLinkType as exc:
             capture.close()
             raise OSError(errno.EPROTONOSUPPORT, "cannot capture on %s: %s"
@@ -235,10 +244,9 @@ class Receiver:
             destinations = ["not dst net 224.0.0.0/4"] + group_terms
         text = ("udp and (%s) and (dst port %d or ip[6:2] & 0x1fff != 0)"
                 % (" or ".join(destinations), port))
-        extra = self.platform.extra_filter(opened.device, opened.own_macs,
-                                           self.multicast_loopback)
-        if extra and not opened.is_loopback:
-            text = "(%s) and %s" % (extra, text)
+        own = opened.own.clause(self.multicast_loopback)
+        if own:
+            text = "(%s) and %s" % (own, text)
         return text
 
     def _groups_for(self, opened):
@@ -321,6 +329,89 @@ class Receiver:
             self.platform.groups_joined(fresh, self.captures, self.multicast_loopback)
 
     # -- receiving ---------------------------------------------------------------------------
+
+    def receive(self, target, nbytes, timeout):
+        """The next datagram, as :meth:`poll` hands it out, waiting as a socket with
+        *timeout* would (None: without limit; 0: not at all, ``BlockingIOError``).
+
+        Raises ``socket.timeout`` when nothing came in time and ``SocketClosedError`` when
+        :meth:`shutdown` ends the wait.
+        """
+        nonblocking = timeout == 0.0
+        if nonblocking or self.drain_before_wait or self.ready:
+            # Read without waiting.  shutdown() takes io_lock before it releases the captures,
+            # so holding it here is enough.
+            with self.io_lock:
+                if self.closing:
+                    raise SocketClosedError()
+                result = self.poll(target, nbytes)
+            if result is not None:
+                return result
+            if nonblocking:
+                raise BlockingIOError(errno.EAGAIN, "no datagram is queued (non-blocking)")
+        # Otherwise (Linux, immediate mode) the wait itself returns at once while the ring
+        # holds unread frames: no read attempt before it.
+        return self._wait_and_receive(target, nbytes, timeout)
+
+    def _wait_and_receive(self, target, nbytes, timeout):
+        """Slow path: wait for frames, then read them.
+
+        The thread holds a token in ``_receiving`` while it may be inside the waiter, so that
+        shutdown() can wake it and wait for it to leave before releasing the waiter and the
+        captures.  The token goes in before ``closing`` is read, and shutdown() sets
+        ``closing`` before it looks for tokens: either shutdown() sees the token, or this
+        thread sees ``closing``.  This runs once per wake-up, so it is kept short: at low rates
+        its cost is latency.
+        """
+        deadline = None if timeout is None else _monotonic() + timeout
+        receiving = self._receiving
+        receiving.append(None)
+        try:
+            if self.closing:
+                raise SocketClosedError()
+            wait = self.waiter.wait          # shutdown() leaves the waiter to us from here on
+            poll = self.poll
+            io_lock = self.io_lock
+            while True:
+                if self.coalescing:
+                    # Frames arrive faster than wake-ups pay off: let some collect first.
+                    delay = self.coalesce
+                    if deadline is not None:
+                        delay = min(delay, deadline - _monotonic())
+                    if delay > 0:
+                        time.sleep(delay)
+                    self.stats.coalesced_waits += 1
+                elif deadline is None:
+                    wait(None)
+                else:
+                    remaining = deadline - _monotonic()
+                    if remaining <= 0:
+                        raise socket.timeout("timed out")
+                    wait(remaining)
+                with io_lock:
+                    if self.closing:
+                        raise SocketClosedError()
+                    result = poll(target, nbytes)
+                if result is not None:
+                    return result
+        finally:
+            receiving.pop()
+
+    def shutdown(self):
+        """Wake every thread blocked in :meth:`receive` (each raises ``SocketClosedError``),
+        wait briefly for them to leave the wait, then release everything (:meth:`close`).
+        The wake-up is permanent, so a thread about to wait cannot miss it."""
+        self.closing = True
+        if self._receiving and self.waiter is not None:
+            self.waiter.wake()
+            deadline = _monotonic() + _CLOSE_WAIT
+            while self._receiving and _monotonic() < deadline:
+                time.sleep(0.001)
+            if self._receiving:
+                log.warning("a receiving thread did not leave within %.1f s of close(); "
+                            "its captures are released anyway", _CLOSE_WAIT)
+        with self.io_lock:           # waits for a fast-path poll() to finish
+            self.close()
 
     def _wanted_first_fragment(self, udp_header):
         return _u16.unpack_from(udp_header, 2)[0] == self.port
@@ -520,7 +611,7 @@ class Receiver:
     def _address(self, key, src, sport):
         if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
             self._addresses.clear()
-        address = self._addresses[key] = (socket.inet_ntoa(struct.pack("!I", src)), sport)
+        address = self._addresses[key] = (ip_text(src), sport)
         return address
 
     def capture_drops(self):
@@ -550,14 +641,14 @@ class Receiver:
         self.ready.clear()
 
 
-def select_devices(devices, address, is_loopback):
+def select_devices(devices, address):
     """Devices to capture on for a bind to *address* (int; 0 = any), as udpcap does.
 
     loopback address -> the loopback device; any -> every device with IPv4 (loopback included);
     a specific address -> the device that owns it, plus loopback.  Raises EADDRNOTAVAIL when no
     device owns the address.
     """
-    loopbacks = [d for d in devices if is_loopback(d)]
+    loopbacks = [d for d in devices if d.loopback]
     if address >> 24 == 127:
         if not loopbacks:
             raise OSError(errno.EADDRNOTAVAIL,
@@ -565,7 +656,7 @@ def select_devices(devices, address, is_loopback):
                           % (ip_text(address), _fixes.REINSTALL_NPCAP_WITH_LOOPBACK))
         return loopbacks[:1]
     if address == 0:
-        chosen = [d for d in devices if d.ipv4 and not is_loopback(d)]
+        chosen = [d for d in devices if d.ipv4 and not d.loopback]
         return loopbacks[:1] + chosen
     owners = [d for d in devices if any(a == address for a, _m, _b in d.ipv4)]
     if not owners:
@@ -574,4 +665,4 @@ def select_devices(devices, address, is_loopback):
                       "cannot bind to %s: no local interface has this address (local IPv4 "
                       "addresses: %s); bind to one of them or to 0.0.0.0"
                       % (ip_text(address), ", ".join(known) or "none"))
-    return [d for d in owners if not is_loopback(d)][:1] + loopbacks[:1]
+    return [d for d in owners if not d.loopback][:1] + loopbacks[:1]

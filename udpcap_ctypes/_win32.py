@@ -481,14 +481,6 @@ def adapter_mac(fns, handle):
     return None if mac == b"\0" * 6 else mac
 
 
-def mac_filter_clause(mac):
-    """``"not ether src 01:23:45:67:89:ab"`` for the 6-byte *mac*."""
-    mac = bytes(mac)
-    if len(mac) != 6:
-        raise ValueError("a MAC address has 6 bytes, not %d" % len(mac))
-    return "not ether src " + ":".join("%02x" % byte for byte in mac)
-
-
 # --------------------------------------------------------------------------------------------
 # Waiting on capture events
 

@@ -32,6 +32,7 @@ import threading
 import time
 
 from . import _fixes, _loader, _structs
+from ._net import ip_text
 from .errors import CaptureUnavailableError
 
 log = logging.getLogger("udpcap_ctypes.check")   # also when run as __main__
@@ -192,8 +193,9 @@ class Environment:
 
     # devices
     def find_devices(self, library):
-        from ._capture import find_devices
-        return find_devices(library.fns)
+        """The capture devices as UdpcapSocket sees them (``loopback`` decided)."""
+        from ._platform import current
+        return current(library).devices()
 
     def probe_device(self, library, device):
         """Open *device* briefly (not promiscuous); return its link type name.
@@ -454,17 +456,6 @@ def check_privileges(env):
     return Check("privileges", True, detail, data=data)
 
 
-def _ip(address):
-    return socket.inet_ntoa(struct.pack("!I", address))
-
-
-def is_loopback(env, device, install):
-    if env.windows:
-        from . import _win32
-        return _win32.is_loopback_device(device.name, install) or device.loopback_flag
-    return device.loopback_flag
-
-
 def _open_fix(env, exc):
     if isinstance(exc, PermissionError):
         if env.windows:
@@ -483,9 +474,9 @@ def check_devices(env, library, install=None):
     except OSError as exc:
         return [Check("devices", False, "cannot list capture devices: %s" % exc,
                       _open_fix(env, exc))]
-    usable = [d for d in devices if d.ipv4 or is_loopback(env, d, install)]
+    usable = [d for d in devices if d.ipv4 or d.loopback]
     others = [d.name for d in devices if d not in usable]
-    loopbacks = [d for d in usable if is_loopback(env, d, install)]
+    loopbacks = [d for d in usable if d.loopback]
     if env.windows:
         from . import _win32
         names = _win32.loopback_device_names(install)
@@ -506,12 +497,12 @@ def check_devices(env, library, install=None):
         checks.append(Check("devices", False, "no capture device with an IPv4 address was found",
                             _open_fix(env, OSError())))
     for device in usable:
-        addresses = ", ".join(_ip(a) for a, _m, _b in device.ipv4) or "no IPv4 address"
+        addresses = ", ".join(ip_text(a) for a, _m, _b in device.ipv4) or "no IPv4 address"
         desc = " (%s)" % device.description if device.description else ""
         label = "device %s" % device.name
         data = {"name": device.name, "description": device.description,
-                "ipv4": [_ip(a) for a, _m, _b in device.ipv4],
-                "loopback": is_loopback(env, device, install)}
+                "ipv4": [ip_text(a) for a, _m, _b in device.ipv4],
+                "loopback": device.loopback}
         try:
             linktype = env.probe_device(library, device)
         except OSError as exc:

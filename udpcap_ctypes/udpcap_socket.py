@@ -16,23 +16,21 @@ import socket
 import struct
 import sys
 import threading
-import time
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
 from . import _loader, _platform
-from ._receiver import Receiver, ip_text, is_multicast
+from ._net import free_udp_port, ip_text
+from ._receiver import Receiver, is_multicast
 from ._stats import Statistics
 from .errors import NotBoundError, SocketClosedError
 
 log = logging.getLogger(__name__)
 
-_monotonic = time.monotonic
 MIN_RECEIVE_BUFFER = 65535
 # The capture library takes the buffer size as a C int: a larger value would wrap.
 MAX_RECEIVE_BUFFER = 2 ** 31 - 1
 _NOTHING_QUEUED = collections.deque()   # what an unbound socket "has queued": nothing
-_CLOSE_WAIT = 2.0       # how long close() waits for a woken receiver to leave its wait
 # The capture ring per device.  In immediate mode Linux cuts it into snaplen-sized slots:
 # ~2 KiB on an MTU-1500 device (16 MiB ~ 8,000 frames), 128 KiB on lo (MTU 65536), where every
 # datagram is also captured twice (outgoing and incoming): 16 MiB holds 64 loopback datagrams.
@@ -191,9 +189,6 @@ class UdpcapSocket:
         self._stats = Statistics()
         self._state_lock = threading.Lock()
         self._receiver = None
-        # One token per thread inside _wait_and_receive (deque append/pop are atomic), so that
-        # close() can wake them and wait for them to leave before releasing the waiter.
-        self._receiving = collections.deque()
         self._timeout = None
         self._buffer_size = DEFAULT_RECEIVE_BUFFER
         self._memberships = set()           # (group, interface address or 0), as ints
@@ -371,10 +366,11 @@ class UdpcapSocket:
                 raise OSError(errno.EINVAL, "socket is already bound to %s:%d"
                               % self._sockname)
             if port == 0:
-                port = _free_port(ip_text(host_int))
+                port = free_udp_port(ip_text(host_int))
             receiver = Receiver(self._platform, self._stats, self._options)
-            receiver.open(host_int, port, self._buffer_size, self._memberships,
-                          self._multicast_loopback, self._readiness)
+            receiver.configure(self._platform.devices(), host_int, port, self._memberships,
+                               self._multicast_loopback)
+            receiver.open(self._buffer_size, self._readiness)
             self._receiver = receiver
             self._ready = receiver.ready
             self._sockname = (ip_text(host_int), port)
@@ -463,65 +459,7 @@ class UdpcapSocket:
             raise SocketClosedError()
         if receiver is None:
             raise NotBoundError()
-        nonblocking = self._timeout == 0.0
-        if nonblocking or receiver.drain_before_wait or receiver.ready:
-            # Read without waiting.  close() takes io_lock before it releases the captures,
-            # so holding it here is enough.
-            with receiver.io_lock:
-                if self._closed:
-                    raise SocketClosedError()
-                result = receiver.poll(target, nbytes)
-            if result is not None:
-                return result
-            if nonblocking:
-                raise BlockingIOError(errno.EAGAIN, "no datagram is queued (non-blocking)")
-        # Otherwise (Linux, immediate mode) the wait itself returns at once while the ring
-        # holds unread frames: no read attempt before it.
-        return self._wait_and_receive(receiver, target, nbytes)
-
-    def _wait_and_receive(self, receiver, target, nbytes):
-        """Slow path: wait for frames, then read them.
-
-        The thread holds a token in ``_receiving`` while it may be inside the waiter, so that
-        close() can wake it and wait for it to leave before releasing the waiter and captures.
-        The token goes in before ``_closed`` is read, and close() sets ``_closed`` before it
-        looks for tokens: either close() sees the token, or this thread sees ``_closed``.
-        This runs once per wake-up, so it is kept short: at low rates its cost is latency.
-        """
-        timeout = self._timeout
-        deadline = None if timeout is None else _monotonic() + timeout
-        receiving = self._receiving
-        receiving.append(None)
-        try:
-            if self._closed:
-                raise SocketClosedError()
-            wait = receiver.waiter.wait      # close() leaves the waiter to us from here on
-            poll = receiver.poll
-            io_lock = receiver.io_lock
-            while True:
-                if receiver.coalescing:
-                    # Frames arrive faster than wake-ups pay off: let some collect first.
-                    delay = receiver.coalesce
-                    if deadline is not None:
-                        delay = min(delay, deadline - _monotonic())
-                    if delay > 0:
-                        time.sleep(delay)
-                    self._stats.coalesced_waits += 1
-                elif deadline is None:
-                    wait(None)
-                else:
-                    remaining = deadline - _monotonic()
-                    if remaining <= 0:
-                        raise socket.timeout("timed out")
-                    wait(remaining)
-                with io_lock:
-                    if self._closed:
-                        raise SocketClosedError()
-                    result = poll(target, nbytes)
-                if result is not None:
-                    return result
-        finally:
-            receiving.pop()
+        return receiver.receive(target, nbytes, self._timeout)
 
     # -- statistics and lifetime -------------------------------------------------------------
 
@@ -544,8 +482,7 @@ class UdpcapSocket:
         """Close the socket; a receive blocked in another thread raises SocketClosedError.
 
         The blocked thread is woken at once and raises; this call then waits (briefly) for it
-        to leave the wait before releasing the captures, so the waiter is never closed under it.
-        The wake-up is permanent, so a thread about to wait cannot miss it.
+        to leave the wait before the captures are released (``Receiver.shutdown``).
         """
         with self._state_lock:
             if self._closed:
@@ -555,18 +492,8 @@ class UdpcapSocket:
             readiness, self._readiness = self._readiness, None
         if readiness is not None:
             readiness.close()
-        if receiver is None:
-            return
-        if self._receiving:
-            receiver.waiter.wake()
-            deadline = _monotonic() + _CLOSE_WAIT
-            while self._receiving and _monotonic() < deadline:
-                time.sleep(0.001)
-            if self._receiving:
-                log.warning("a receiving thread did not leave within %.1f s of close(); "
-                            "its captures are released anyway", _CLOSE_WAIT)
-        with receiver.io_lock:           # waits for a fast-path poll() to finish
-            receiver.close()
+        if receiver is not None:
+            receiver.shutdown()
 
     def _check_open(self):
         if self._closed:
@@ -633,13 +560,3 @@ def _parse_mreq(value, platform):
             return group, platform.interface_address(index)
     interface = raw[4:8]
     return group, None if interface == b"\0\0\0\0" else socket.inet_ntoa(interface)
-
-
-def _free_port(host):
-    """An ephemeral port that no kernel socket uses on *host*, for bind(port=0)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-    finally:
-        probe.close()
