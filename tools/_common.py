@@ -153,11 +153,11 @@ class SequenceTracker:
 
 
 def percentile(sorted_values, fraction):
-    """Nearest-rank percentile of an already sorted list (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = int(round(fraction * (len(sorted_values) - 1)))
-    return sorted_values[max(0, min(len(sorted_values) - 1, rank))]
+    """Nearest-rank percentile of an ascending list (None when empty): the package's own, so
+    that the tools and ``check`` report the same p50/p99 for the same samples."""
+    ensure_package_importable()
+    from udpcap_ctypes._stats import percentile as nearest_rank
+    return nearest_rank(sorted_values, fraction)
 
 
 def median(values):

@@ -5,6 +5,8 @@ read by anyone through :meth:`Statistics.snapshot`.  Drops are counted by reason
 ``check`` and ``tools/recv.py --stats`` can say *why* traffic did not arrive.
 """
 
+import math
+
 # Reasons a captured frame or fragment is dropped as malformed (keys of ``malformed``).
 MALFORMED_REASONS = (
     "link_truncated",        # shorter than its link-layer header
@@ -76,3 +78,13 @@ class Statistics:
     def __repr__(self):
         return "Statistics(%s)" % ", ".join(
             "%s=%r" % item for item in self.snapshot().items() if item[1])
+
+
+def percentile(sorted_values, fraction):
+    """Nearest-rank percentile of an ascending list: the smallest value with at least
+    *fraction* of the values at or below it (p50 of [1, 2, 3, 4] is 2).  None when empty."""
+    if not sorted_values:
+        return None
+    # ceil(fraction * n), less a hair for float error (0.07 * 100 is 7.000000000000001).
+    rank = max(1, math.ceil(fraction * len(sorted_values) - 1e-9))
+    return sorted_values[min(rank, len(sorted_values)) - 1]

@@ -33,6 +33,7 @@ import time
 
 from . import _fixes, _loader, _structs
 from ._net import ip_text
+from ._stats import percentile
 from .errors import CaptureUnavailableError
 
 log = logging.getLogger("udpcap_ctypes.check")   # also when run as __main__
@@ -522,14 +523,6 @@ def check_devices(env, library, install=None):
 
 # --------------------------------------------------------------------------------------------
 # Self-test
-
-def percentile(sorted_values, fraction):
-    """Nearest-rank percentile of an ascending list (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, int(-(-fraction * len(sorted_values) // 1)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
 
 def summarize(count, sequences, latencies_ns, nbytes):
     """Statistics of a self-test: *sequences* in arrival order, latencies in ns."""
