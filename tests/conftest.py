@@ -12,12 +12,12 @@ pass by silently skipping.
 
 import contextlib
 import os
-import socket
 import sys
 
 import pytest
 
 import netns as _netns  # tests/netns.py, importable as "netns" from the tests
+from udpcap_ctypes import _net
 
 REPO = _netns.REPO
 
@@ -147,16 +147,10 @@ def machine(winemu_shims, tmp_path):
     return make
 
 
-def udp_port_free_on_loopback():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def free_udp_port():
     """A UDP port that was free on 127.0.0.1 a moment ago."""
-    return udp_port_free_on_loopback()
+    return _net.free_udp_port()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from netns import in_namespace
 from packets import batch_frames
 from udpcap_ctypes import UdpcapSocket, _capture, _platform, _structs
 from udpcap_ctypes._loader import get_library
@@ -103,3 +104,27 @@ def test_bound_socket_loopback_capture_skips_outgoing_copies(free_udp_port):
         assert _ring_frames(opened.capture) == COUNT
         got = [sock.recvfrom(64)[0] for _ in range(COUNT)]
     assert got == [b"d%04d" % i for i in range(COUNT)]
+
+
+@pytest.mark.parametrize("mtu,frame,ring,frames", [
+    (65536, 65632, 1 << 20, 32),      # raised to MIN_RING_FRAMES: one frame per 128 KiB block
+    (1500, 1584, 35 * 1584, 34),      # 35 frames asked, two per page: rounded down to 34
+])
+def test_ring_holds_as_many_frames_as_the_platform_says(netns, mtu, frame, ring, frames):
+    """``LinuxPlatform.ring_layout`` against the kernel: a ring that nobody reads keeps exactly
+    that many datagrams.  The MTU is set on the namespace's own ``lo``."""
+    netns.ip("link", "set", "lo", "mtu", str(mtu))
+    port = 40000
+    with in_namespace(netns):
+        library = get_library()
+        platform = _platform.current(library)
+        device = _capture.Device("lo", None, 0, [], loopback=True)
+        capture = platform.open_capture(device, ring, immediate=True, promiscuous=False)
+        try:
+            capture.set_filter("udp dst port %d" % port)
+            assert platform._frame(capture.snaplen) == frame
+            assert platform.ring_frames(capture.buffer_size, capture.snaplen, True) == frames
+            _send(port, frames + 20)
+            assert len(_read_payloads(capture, port)) == frames
+        finally:
+            capture.close()

@@ -21,15 +21,10 @@ import _common  # tools/ is on pytest's pythonpath (pyproject.toml)
 import bench
 import bench_replay
 import send
+from udpcap_ctypes import _net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tool(name):
@@ -215,7 +210,7 @@ def test_send_end_markers_follow_the_data():
 # --------------------------------------------------------------------------- send -> recv
 
 def test_send_to_recv_socket_receives_all_without_gaps():
-    port = free_port()
+    port = _net.free_udp_port()
     proc = start_recv(["--socket", "--bind", "127.0.0.1:%d" % port, "--count", "2000",
                        "--timeout", "10", "--json", "--quiet"])
     sent = run_send(["127.0.0.1:%d" % port, "--count", "2000", "--rate", "20000",
@@ -230,7 +225,7 @@ def test_send_to_recv_socket_receives_all_without_gaps():
 
 
 def test_recv_fails_when_count_not_reached():
-    port = free_port()
+    port = _net.free_udp_port()
     proc = start_recv(["--socket", "--bind", "127.0.0.1:%d" % port, "--count", "5",
                        "--timeout", "0.5", "--json"])
     out, err = proc.communicate(timeout=30)
@@ -276,7 +271,7 @@ def check_ipv4_udp(packet, src_port, dst, dst_port):
 
 
 def test_pcap_file_of_recv_reads_back_with_libpcap_and_tcpdump(tmp_path):
-    port = free_port()
+    port = _net.free_udp_port()
     path = str(tmp_path / "recv.pcap")
     proc = start_recv(["--socket", "--bind", "127.0.0.1:%d" % port, "--count", "20",
                        "--timeout", "10", "--json", "--quiet", "--pcap", path])
@@ -332,7 +327,7 @@ def require_udpcap_socket():
 @pytest.mark.live
 def test_send_to_recv_udpcap_socket_receives_all():
     require_udpcap_socket()
-    port = free_port()
+    port = _net.free_udp_port()
     proc = start_recv(["--bind", "127.0.0.1:%d" % port, "--count", "500", "--timeout", "10",
                        "--json", "--quiet"])
     run_send(["127.0.0.1:%d" % port, "--count", "500", "--rate", "2000", "--size", "100"])
@@ -346,7 +341,7 @@ def test_send_to_recv_udpcap_socket_receives_all():
 @pytest.mark.live
 def test_recv_stats_lines_show_udpcap_counters():
     require_udpcap_socket()
-    port = free_port()
+    port = _net.free_udp_port()
     proc = start_recv(["--bind", "127.0.0.1:%d" % port, "--count", "1500", "--timeout", "10",
                        "--stats"])
     run_send(["127.0.0.1:%d" % port, "--count", "1500", "--rate", "1000", "--size", "64"])
@@ -365,7 +360,7 @@ def test_recv_stats_lines_show_udpcap_counters():
 def test_recv_coalesce_reaches_the_socket(coalesce, engaged):
     """--coalesce sets UdpcapSocket's moderation: a burst makes pauses only when it is on."""
     require_udpcap_socket()
-    port = free_port()
+    port = _net.free_udp_port()
     proc = start_recv(["--bind", "127.0.0.1:%d" % port, "--count", "200", "--timeout", "10",
                        "--coalesce", coalesce, "--json"])
     run_send(["127.0.0.1:%d" % port, "--count", "200", "--size", "64"])
@@ -378,7 +373,7 @@ def test_recv_coalesce_reaches_the_socket(coalesce, engaged):
 
 def test_recv_rejects_a_coalesce_out_of_range():
     require_udpcap_socket()
-    done = subprocess.run(tool("recv.py") + ["--bind", "127.0.0.1:%d" % free_port(),
+    done = subprocess.run(tool("recv.py") + ["--bind", "127.0.0.1:%d" % _net.free_udp_port(),
                                              "--coalesce", "-1"], cwd="/",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=30)
@@ -408,7 +403,7 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
     require_udpcap_socket()
     receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", bench.BASELINE]
     started = time.monotonic()
-    report, rows = run_bench_json("bench.py", ["--quick", "--port", str(free_port())],
+    report, rows = run_bench_json("bench.py", ["--quick", "--port", str(_net.free_udp_port())],
                                   receivers, timeout=300)
     for (name, size), row in rows.items():
         assert not row["errors"], (name, size, row["errors"])

@@ -19,15 +19,10 @@ import time
 import pytest
 
 import winemu
+from udpcap_ctypes import _net
 from winemu import numbered, receive_all, send_udp
 
 pytestmark = [pytest.mark.windows_emulated, pytest.mark.live]
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,7 +55,7 @@ def test_a_group_change_keeps_datagrams_that_arrived_before_it(machine, netpair,
     before the filter changes -- also datagrams to a group being left, as a socket keeps
     what it queued before IP_DROP_MEMBERSHIP."""
     received = machine().call(netpair.a, emulated_group_change_keeps_pending,
-                              peer=netpair.b.name, target=netpair.addr_a, port=_free_port(),
+                              peer=netpair.b.name, target=netpair.addr_a, port=_net.free_udp_port(),
                               count=100, change=change)
     assert received == [p.decode() for p in numbered(100)]
 
@@ -84,7 +79,7 @@ def emulated_drops_across_filter_changes(peer, target, port, count):
 
 def test_capture_drops_never_go_backwards_when_npcap_resets_its_counters(machine, netpair):
     result = machine().call(netpair.a, emulated_drops_across_filter_changes,
-                            peer=netpair.b.name, target=netpair.addr_a, port=_free_port(),
+                            peer=netpair.b.name, target=netpair.addr_a, port=_net.free_udp_port(),
                             count=400)
     drops = result["drops"]
     assert drops[0] > 0, drops                      # the small buffer did overflow
@@ -133,7 +128,7 @@ def test_ctrl_c_interrupts_a_blocking_receive_on_windows(machine, netpair):
     INFINITE wait would never return to the interpreter."""
     emulated = machine()
     target = "%s:%s" % (__file__, emulated_block_until_interrupted.__name__)
-    proc = emulated.popen(netpair.a, ["call", target, '{"port": %d}' % _free_port()])
+    proc = emulated.popen(netpair.a, ["call", target, '{"port": %d}' % _net.free_udp_port()])
     elapsed, out, err = _interrupt_after_ready(proc)       # ip netns exec execs python
     assert elapsed is not None, "SIGINT did not end the blocking receive:\n" + err
     assert "INTERRUPTED" in out
@@ -173,7 +168,7 @@ def test_bind_any_goes_on_without_an_adapter_that_fails_to_open(machine, netpair
     second, _ = netpair.add_link()
     emulated = machine(adapters={netpair.if_a: {"open_error": 31}})
     result = emulated.call(netpair.a, emulated_bind_with_a_failing_adapter, peer=netpair.b.name,
-                           target=second, port=_free_port(), bind_host="0.0.0.0")
+                           target=second, port=_net.free_udp_port(), bind_host="0.0.0.0")
     assert len(result["devices"]) == 2 and "\\Device\\NPF_Loopback" in result["devices"]
     assert result["received"] == ["local", "over the adapter that opened"]
     assert result["failed"] == 1
@@ -184,7 +179,8 @@ def test_bind_any_goes_on_without_an_adapter_that_fails_to_open(machine, netpair
 def test_bind_to_the_failing_adapters_address_raises(machine, netpair):
     emulated = machine(adapters={netpair.if_a: {"open_error": 31}})
     result = emulated.call(netpair.a, emulated_bind_with_a_failing_adapter, peer=netpair.b.name,
-                           target=netpair.addr_a, port=_free_port(), bind_host=netpair.addr_a)
+                           target=netpair.addr_a, port=_net.free_udp_port(),
+                           bind_host=netpair.addr_a)
     kind, number, text = result["error"]
     assert kind == "PcapError" and number == errno.EIO
     assert "Error opening adapter: A device attached to the system is not functioning" in text
@@ -197,7 +193,7 @@ def test_an_adapter_refusing_promiscuous_mode_is_opened_without_it(machine, netp
     ERROR_NOT_SUPPORTED, which it ignores): the device is opened again without it."""
     emulated = machine(adapters={netpair.if_a: {"promisc_error": error}})
     result = emulated.call(netpair.a, emulated_bind_with_a_failing_adapter, peer=netpair.b.name,
-                           target=netpair.addr_a, port=_free_port(), bind_host="0.0.0.0")
+                           target=netpair.addr_a, port=_net.free_udp_port(), bind_host="0.0.0.0")
     assert result["received"] == ["local", "over the adapter that opened"]
     assert result["failed"] == 0
     retried = [w for w in result["warnings"] if "without promiscuous mode" in w]
@@ -254,7 +250,7 @@ def test_receiving_goes_on_when_one_adapter_disappears(machine, netpair):
     interface disappeared": that capture is dropped and the waiter rebuilt."""
     second, _ = netpair.add_link()
     result = machine().call(netpair.a, emulated_adapter_vanishes, peer=netpair.b.name,
-                            host=netpair.a.name, targets=[second], port=_free_port(),
+                            host=netpair.a.name, targets=[second], port=_net.free_udp_port(),
                             bind_host="0.0.0.0", vanish=netpair.if_a)
     assert result["before"] == 3
     assert result["errors"] == [] and not result["alive"]
@@ -264,7 +260,7 @@ def test_receiving_goes_on_when_one_adapter_disappears(machine, netpair):
 
 def test_a_socket_bound_to_the_vanished_adapter_reports_it(machine, netpair):
     result = machine().call(netpair.a, emulated_adapter_vanishes, peer=netpair.b.name,
-                            host=netpair.a.name, targets=[], port=_free_port(),
+                            host=netpair.a.name, targets=[], port=_net.free_udp_port(),
                             bind_host=netpair.addr_a, vanish=netpair.if_a)
     (kind, number, text), = result["errors"]
     assert kind == "OSError" and number == errno.ENETDOWN
@@ -293,7 +289,7 @@ def test_admin_only_with_the_uac_prompt_declined_is_a_permission_error(machine, 
     ERROR_BAD_UNIT, PCAP_ERROR_NO_SUCH_DEVICE for a device just listed.  Both must say what
     to do: accept the UAC prompt or run elevated."""
     emulated = machine(admin_only=True, elevated=False, uac=uac)
-    result = emulated.call(netpair.a, emulated_bind_any, port=_free_port())
+    result = emulated.call(netpair.a, emulated_bind_any, port=_net.free_udp_port())
     kind, number, text = result["error"]
     assert kind == "PermissionError" and number == errno.EPERM
     assert "User Account Control" in text and "Run as administrator" in text
@@ -305,7 +301,7 @@ def test_admin_only_with_the_uac_prompt_declined_is_a_permission_error(machine, 
                          ids=["uac-accepted", "elevated"])
 def test_admin_only_receives_when_elevated_or_the_prompt_is_accepted(machine, netpair,
                                                                      settings):
-    result = machine(**settings).call(netpair.a, emulated_bind_any, port=_free_port())
+    result = machine(**settings).call(netpair.a, emulated_bind_any, port=_net.free_udp_port())
     assert result == {"received": ["in"]}
 
 
@@ -335,7 +331,7 @@ def test_not_immediate_mode_delivers_lone_datagrams_and_bursts(machine, netpair)
     """Without immediate mode Npcap signals only once 16,000 bytes are buffered: the waiter
     also reads every NONIMMEDIATE_READ_INTERVAL, so a lone datagram still arrives."""
     result = machine().call(netpair.a, emulated_not_immediate, peer=netpair.b.name,
-                            target=netpair.addr_a, port=_free_port(), count=300)
+                            target=netpair.addr_a, port=_net.free_udp_port(), count=300)
     assert result["lone"] == ["lone"] and result["woken"] is True
     assert result["burst"] == [p.decode() for p in numbered(300)]
 
@@ -360,7 +356,7 @@ def emulated_mintocopy(port):
 def test_the_driver_keeps_libpcaps_mintocopy_in_both_modes(machine, netpair):
     """pcap_activate_npf sets MinToCopy 0 in immediate mode and 16000 without it; setting it
     again from the package would turn immediate=False into immediate mode."""
-    result = machine().call(netpair.a, emulated_mintocopy, port=_free_port())
+    result = machine().call(netpair.a, emulated_mintocopy, port=_net.free_udp_port())
     assert result == {"True": [0], "False": [16000]}
 
 
@@ -391,7 +387,7 @@ def test_localized_texts_and_descriptions_are_decoded_right(machine, netpair, pc
     emulated = machine(pcap_init=pcap_init, locale="de", adapters={
         netpair.if_a: {"description": "Realtek-Netzwerkkarte für Tests", "open_error": 31}})
     result = emulated.call(netpair.a, emulated_texts, peer=netpair.b.name,
-                           target=netpair.addr_a, port=_free_port())
+                           target=netpair.addr_a, port=_net.free_udp_port())
     assert result["encoding"] == ("utf-8" if pcap_init else "mbcs")
     assert "Realtek-Netzwerkkarte für Tests" in result["descriptions"]
     warning, = [w for w in result["warnings"] if "not capturing on" in w]
@@ -485,7 +481,7 @@ def test_more_than_63_devices_are_waited_on_in_chunks(machine, netpair, in_threa
     targets = _many_links(netpair, 64)
     result = machine().call(netpair.a, emulated_many_devices, peer=netpair.b.name,
                             targets=[targets[0], targets[60], targets[61], targets[63]],
-                            port=_free_port(), in_thread=in_thread, timeout=120)
+                            port=_net.free_udp_port(), in_thread=in_thread, timeout=120)
     assert result["devices"] == 66                      # 64 + the pair's veth + loopback
     assert result["groups"] == 2 and result["chunk"] == 61
     assert result["received"] == sorted([targets[0], targets[60], targets[61], targets[63]])
@@ -527,7 +523,7 @@ def test_port_guard_shares_one_socket_and_never_takes_a_port_on_windows(machine,
     """SO_REUSEADDR on Windows would let the guard bind over another program's port: the
     guard binds without it, and says which guard failed."""
     emulated = machine()
-    port = _free_port()
+    port = _net.free_udp_port()
     assert emulated.call(netns, emulated_port_guard, port=port,
                          foreign_reuseaddr=None) == {"received": [1, 1]}
     for reuse in (False, True):

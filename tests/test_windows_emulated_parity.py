@@ -13,15 +13,10 @@ import time
 
 import pytest
 
+from udpcap_ctypes import _net
 from winemu import receive_all, send_udp
 
 pytestmark = [pytest.mark.windows_emulated, pytest.mark.live]
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def emulated_fileno(port):
@@ -36,7 +31,7 @@ def emulated_fileno(port):
 
 
 def test_fileno_raises_on_windows_and_says_why(machine, netns):
-    kind, number, text = machine().call(netns, emulated_fileno, port=_free_port())
+    kind, number, text = machine().call(netns, emulated_fileno, port=_net.free_udp_port())
     assert kind == "OSError" and number == errno.EOPNOTSUPP
     assert "Npcap signals frames with events" in text and "thread" in text
 
@@ -63,7 +58,8 @@ def emulated_connected_sender(port, guard):
 
 @pytest.mark.parametrize("guard", [None, True])
 def test_no_port_guard_by_default_on_windows_and_its_price(machine, netns, guard):
-    result = machine().call(netns, emulated_connected_sender, port=_free_port(), guard=guard)
+    result = machine().call(netns, emulated_connected_sender, port=_net.free_udp_port(),
+                            guard=guard)
     if guard is None:
         assert result["guard"] is False
         assert result["refused"] > 0
@@ -95,5 +91,5 @@ def test_a_group_joined_on_one_interface_on_windows(machine, netpair):
     second_a, second_b = netpair.add_link()
     got = machine().call(netpair.a, emulated_group_on_one_interface, peer=netpair.b.name,
                          sources=[[netpair.addr_b, "first"], [second_b, "second"]],
-                         local=netpair.addr_a, interface=second_a, port=_free_port())
+                         local=netpair.addr_a, interface=second_a, port=_net.free_udp_port())
     assert got == ["own", "second"]

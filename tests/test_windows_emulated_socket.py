@@ -16,18 +16,13 @@ import time
 
 import pytest
 
+from udpcap_ctypes import _net
 from winemu import numbered, receive_all, send_udp
 
 pytestmark = [pytest.mark.windows_emulated, pytest.mark.live]
 
 GROUP = "239.192.7.1"
 OTHER_GROUP = "239.192.7.2"
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _summary(received):
@@ -68,7 +63,7 @@ def emulated_unicast_from_peer(peer, target, port, count, receive_in_thread):
 def test_unicast_from_another_host_arrives_once_in_order(machine, netpair, receive_in_thread):
     """The main thread waits through _winapi (Ctrl-C aware), a worker through the package's
     own ctypes WaitForMultipleObjects: both must see every datagram once, in order."""
-    port = _free_port()
+    port = _net.free_udp_port()
     result = machine().call(netpair.a, emulated_unicast_from_peer, peer=netpair.b.name,
                             target=netpair.addr_a, port=port, count=200,
                             receive_in_thread=receive_in_thread)
@@ -128,7 +123,7 @@ def emulated_lone_datagrams_wake_blocked_receives(peer, target, port, rounds):
 def test_a_lone_datagram_wakes_a_receive_blocked_without_timeout(machine, netpair):
     """Npcap signals the read event per frame only with MinToCopy 0 (immediate mode); with the
     driver's 16000-byte default a lone datagram would never wake an INFINITE wait."""
-    port = _free_port()
+    port = _net.free_udp_port()
     outcomes = machine().call(netpair.a, emulated_lone_datagrams_wake_blocked_receives,
                               peer=netpair.b.name, target=netpair.addr_a, port=port, rounds=4)
     assert outcomes == ["lone 0", "lone 1", "lone 2", "lone 3"]
@@ -156,7 +151,7 @@ def emulated_local_unicast(bind_host, destinations, port, count):
 
 
 def test_loopback_bind_receives_local_unicast_once(machine, netpair):
-    port = _free_port()
+    port = _net.free_udp_port()
     result = machine().call(netpair.a, emulated_local_unicast, bind_host="127.0.0.1",
                             destinations=["127.0.0.1"], port=port, count=100)
     assert result["devices"] == ["\\Device\\NPF_Loopback"]
@@ -167,7 +162,7 @@ def test_loopback_bind_receives_local_unicast_once(machine, netpair):
 def test_any_bind_receives_local_traffic_to_loopback_and_own_address_once(machine, netpair):
     """Traffic between local sockets goes over the loopback adapter on Windows, also to the
     host's own interface address: captured there once, never also on the adapter."""
-    port = _free_port()
+    port = _net.free_udp_port()
     result = machine().call(netpair.a, emulated_local_unicast, bind_host="0.0.0.0",
                             destinations=["127.0.0.1", netpair.addr_a], port=port, count=50)
     assert len(result["devices"]) == 2
@@ -208,7 +203,7 @@ def test_multicast_from_another_host_and_own_multicast_exactly_once(machine, net
     `not ether src <own MAC>` filter) and looped back on the loopback adapter -- which
     Windows does only after a local socket joined the group (udpcap's kickstart).  With
     multicast loopback on it is delivered exactly once; off, never; remote always."""
-    port = _free_port()
+    port = _net.free_udp_port()
     result = machine().call(netpair.a, emulated_multicast, peer=netpair.b.name,
                             local_interface=netpair.addr_a, port=port,
                             loopback_steps=[True, False, True], remote_count=20, own_count=20)
@@ -245,7 +240,7 @@ def test_the_harness_loops_own_multicast_only_after_a_local_join(machine, netpai
     """The emulation itself: without udpcap's kickstart the loopback adapter never sees the
     host's own multicast (the Windows cold start); the kickstart is asked for the group."""
     result = machine().call(netpair.a, emulated_join_without_kickstart, peer=netpair.b.name,
-                            local_interface=netpair.addr_a, port=_free_port())
+                            local_interface=netpair.addr_a, port=_net.free_udp_port())
     assert result == {"kickstarts": [["239.192.7.9"]], "payloads": ["remote"]}
 
 
@@ -270,7 +265,7 @@ def emulated_fragments(peer, target, port, sizes):
 def test_fragmented_datagrams_from_another_host_are_reassembled(machine, netpair):
     sizes = [1472, 1473, 4000, 9000, 65507]
     result = machine().call(netpair.a, emulated_fragments, peer=netpair.b.name,
-                            target=netpair.addr_a, port=_free_port(), sizes=sizes)
+                            target=netpair.addr_a, port=_net.free_udp_port(), sizes=sizes)
     assert result["count"] == 2 * len(sizes) and all(result["ok"])
     assert result["reassembled"] == 4               # over the MTU-1500 veth; lo needs none
     assert result["fragments"] == 2 + 3 + 7 + 45
@@ -316,7 +311,7 @@ def emulated_timeouts(port):
 
 
 def test_timeout_nonblocking_and_close_waking_a_blocked_receive(machine, netpair):
-    result = machine().call(netpair.a, emulated_timeouts, port=_free_port())
+    result = machine().call(netpair.a, emulated_timeouts, port=_net.free_udp_port())
     assert result["timeout_after"] >= 0.25
     assert result["nonblocking"][0] == errno.EAGAIN
     assert result["nonblocking_data"] == "queued"

@@ -8,19 +8,13 @@ emulated Windows; every Win32 and wpcap call crosses ctypes with the package's o
 """
 
 import errno
-import socket
 
 import pytest
 
+from udpcap_ctypes import _net
 from winemu import receive_all, send_udp
 
 pytestmark = [pytest.mark.windows_emulated, pytest.mark.live]
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _kernel32():
@@ -292,7 +286,7 @@ def emulated_device_choice(addresses, port):
 def test_bind_selects_devices_as_udpcap_does(machine, netpair):
     result = machine().call(netpair.a, emulated_device_choice,
                             addresses=["127.0.0.1", "0.0.0.0", netpair.addr_a, "198.18.250.9"],
-                            port=_free_port())
+                            port=_net.free_udp_port())
     assert result["platform"] == ["WindowsPlatform", True, False, True]
     loopback = "\\Device\\NPF_Loopback"
     assert result["127.0.0.1"] == [loopback]
@@ -306,7 +300,7 @@ def test_bind_selects_devices_as_udpcap_does(machine, netpair):
 def test_a_legacy_loopback_adapter_serves_loopback_binds(machine, netns):
     guid = "{A1B2C3D4-0000-4000-8000-000000000003}"
     result = machine(legacy_loopback=guid).call(netns, emulated_device_choice,
-                                                 addresses=["127.0.0.1"], port=_free_port())
+                                                 addresses=["127.0.0.1"], port=_net.free_udp_port())
     assert result["127.0.0.1"] == ["\\Device\\NPF_" + guid]
 
 
@@ -327,7 +321,7 @@ def emulated_own_mac(peer, target, port):
 def test_the_adapters_mac_comes_from_the_oid_request_and_loopback_has_none(machine, netpair):
     mac = netpair.a.run(["cat", "/sys/class/net/%s/address" % netpair.if_a]).stdout.strip()
     result = machine().call(netpair.a, emulated_own_mac, peer=netpair.b.name,
-                            target=netpair.addr_a, port=_free_port())
+                            target=netpair.addr_a, port=_net.free_udp_port())
     assert result.pop("\\Device\\NPF_Loopback") == [None]
     (adapter, found), = result.items()
     assert found == [mac.replace(":", "")]
@@ -350,7 +344,7 @@ def emulated_kickstarts(port, loopback_at_join):
 @pytest.mark.parametrize("loopback_at_join", [True, False])
 def test_joins_kickstart_the_loopback_only_with_multicast_loopback_on(machine, netpair,
                                                                       loopback_at_join):
-    calls = machine().call(netpair.a, emulated_kickstarts, port=_free_port(),
+    calls = machine().call(netpair.a, emulated_kickstarts, port=_net.free_udp_port(),
                            loopback_at_join=loopback_at_join)
     if loopback_at_join:
         assert calls == [["239.192.9.1"], ["239.192.9.2"], ["239.192.9.1", "239.192.9.2"]]

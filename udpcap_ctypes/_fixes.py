@@ -15,7 +15,8 @@ from . import _structs
 NPCAP_URL = "https://npcap.com/"
 
 INSTALL_NPCAP = ("Install Npcap from %s with 'Support loopback traffic' checked (optionally "
-                 "'WinPcap API-compatible mode'); WinPcap is not supported" % NPCAP_URL)
+                 "'WinPcap API-compatible mode'); a legacy WinPcap is not supported (it loads, "
+                 "but cannot capture loopback traffic and is unmaintained)" % NPCAP_URL)
 REINSTALL_NPCAP_WITH_LOOPBACK = ("Reinstall Npcap from %s with 'Support loopback traffic' "
                                  "checked" % NPCAP_URL)
 REPLACE_WINPCAP = ("Uninstall WinPcap, then install Npcap from %s with 'Support loopback "

@@ -7,7 +7,8 @@ Windows: Npcap lives in ``System32\\Npcap``, with System32 found by ``GetSystemD
 (as Npcap's guide and its own Packet.dll do; ``%SystemRoot%`` may be scrubbed or wrong).  We
 load ``Packet.dll`` and then ``wpcap.dll`` from there by absolute path inside
 ``os.add_dll_directory`` -- never by changing the process-wide DLL search path -- and fall back
-to ``System32\\wpcap.dll`` (Npcap's "WinPcap API-compatible mode", or a legacy WinPcap).
+to ``System32\\wpcap.dll`` (Npcap's "WinPcap API-compatible mode"; a legacy WinPcap found
+there loads too, unsupported: ``check`` warns that it cannot capture loopback traffic).
 Strings from wpcap.dll are UTF-8 once ``pcap_init(PCAP_CHAR_ENC_UTF_8)`` succeeds (Npcap 1.20
 and newer), in the ANSI code page otherwise; adapter descriptions always are in the ANSI code
 page.  Cygwin/MSYS2 Pythons are refused: they are not Windows to ctypes (a C ``long`` is 64-bit

@@ -26,8 +26,9 @@ def mac_text(mac: bytes) -> str:
     return ":".join("%02x" % byte for byte in mac)
 
 
-def free_udp_port(host: str) -> int:
-    """An ephemeral UDP port that no kernel socket uses on *host* right now."""
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """An ephemeral UDP port that no kernel socket uses on *host* right now (bind(port=0);
+    the tests' free ports too)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         probe.bind((host, 0))

@@ -31,9 +31,9 @@ MIN_RECEIVE_BUFFER = 65535
 # The capture library takes the buffer size as a C int: a larger value would wrap.
 MAX_RECEIVE_BUFFER = 2 ** 31 - 1
 _NOTHING_QUEUED = collections.deque()   # what an unbound socket "has queued": nothing
-# The capture ring per device.  In immediate mode Linux cuts it into snaplen-sized slots:
-# ~2 KiB on an MTU-1500 device (16 MiB ~ 8,000 frames), 128 KiB on lo (MTU 65536), where every
-# datagram is also captured twice (outgoing and incoming): 16 MiB holds 64 loopback datagrams.
+# The capture ring per device.  In immediate mode Linux cuts it into frames sized from the
+# MTU (LinuxPlatform.ring_layout): 16 MiB holds 10,592 frames on an MTU-1500 link and 256
+# datagrams on lo (MTU 65536, one 65,632-byte frame per 128 KiB block: 32 MiB of memory).
 DEFAULT_RECEIVE_BUFFER = 16 << 20
 # The longest timeout socket.settimeout takes: CPython keeps it in int64 nanoseconds.
 _MAX_TIMEOUT = (2 ** 63 - 1) / 1e9
