@@ -49,8 +49,9 @@ def test_every_prototype_row_declares_restype_and_argtypes_with_documented_count
             assert row.restype is ctypes.c_void_p, row.name    # never int: 64-bit handles
 
 
-def _c_checks_for_target(pointer_size):
-    """C source asserting the table against the real Win32 headers for one target."""
+def _c_checks_for_target(pointer_size, signatures=_win32.WIN32_SIGNATURES):
+    """C source asserting the table (*signatures*) against the real Win32 headers for one
+    target."""
     lines = ["#define WIN32_LEAN_AND_MEAN", "#include <windows.h>", "#include <stddef.h>", ""]
     signedness = {"DWORD": False, "BOOL": True}
     for c_name, ctype in sorted(_win32.C_TYPES.items()):
@@ -84,12 +85,13 @@ def _c_checks_for_target(pointer_size):
         constants["SERVICE_" + state.upper()] = value
     for name, value in sorted(constants.items()):
         lines.append('_Static_assert((unsigned long)(%s) == %dUL, "%s");' % (name, value, name))
-    for index, (_dll, name, ret, args, _failure) in enumerate(_win32.WIN32_SIGNATURES):
+    for index, row in enumerate(signatures):
         # Assigning the real function to a pointer of our type fails to compile unless return
         # type, argument types, their number and the WINAPI (stdcall) convention all agree.
         lines.append("%s (WINAPI *check_%d)(%s) = %s;"
-                     % (ret.replace("BOOL", "WINBOOL"), index,
-                        ", ".join(a.replace("BOOL", "WINBOOL") for a in args) or "void", name))
+                     % (row.restype.replace("BOOL", "WINBOOL"), index,
+                        ", ".join(a.replace("BOOL", "WINBOOL") for a in row.argtypes) or "void",
+                        row.name))
     return "\n".join(lines) + "\n"
 
 
@@ -111,14 +113,9 @@ def test_prototypes_match_mingw_win32_headers(tmp_path, compiler, pointer_size):
 
 def test_mingw_check_rejects_a_wrong_row(tmp_path):
     """The header check can fail: one wrong argument count in a row breaks the compile."""
-    rows = list(_win32.WIN32_SIGNATURES)
-    try:
-        _win32.WIN32_SIGNATURES[:] = [r if r[1] != "SetEvent" else
-                                      (r[0], r[1], r[2], ("HANDLE", "DWORD"), r[4])
-                                      for r in rows]
-        text = _c_checks_for_target(8)
-    finally:
-        _win32.WIN32_SIGNATURES[:] = rows
+    rows = [r if r.name != "SetEvent" else r._replace(argtypes=("HANDLE", "DWORD"))
+            for r in _win32.WIN32_SIGNATURES]
+    text = _c_checks_for_target(8, rows)
     source = tmp_path / "bad.c"
     source.write_text(text)
     result = subprocess.run(

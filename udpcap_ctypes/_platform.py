@@ -3,9 +3,11 @@
 The receiver asks a :class:`Platform` which devices there are (with ``loopback`` decided),
 how to open a capture on one (snaplen, ring size, reader, platform settings), how this host's
 own frames look there (:class:`OwnFrames`), how to wait, and how to hold a multicast
-membership.  Behaviour that differs lives here: other modules ask the platform object, not
-``sys.platform`` (only the loader and ``check`` read it, to find the library and to describe
-the machine).
+membership.  Receive behaviour that differs lives here: the receiver and the socket ask the
+platform object, not ``sys.platform``.  Before a library is loaded there is no platform object,
+so ``sys.platform`` is read by the loader (through its OS layer: which library, which struct
+layouts), by ``_structs``/``_fixes`` (a layout family, the install text, both for a platform
+passed in) and by ``check`` (to describe the machine).
 
 * :class:`LinuxPlatform` -- libpcap on Linux: MTU-sized snaplen (immediate mode cuts the ring
   into slots), the ring fd tells when frames are left, PACKET_IGNORE_OUTGOING on lo, interrupt

@@ -26,6 +26,7 @@ import math
 import socket
 import threading
 import time
+from typing import NamedTuple, Optional, Tuple
 
 from ._bind import WINDOWS, Prototype, bind
 
@@ -118,9 +119,19 @@ C_TYPES = {
     "LPSERVICE_STATUS": ctypes.POINTER(SERVICE_STATUS),
 }
 
-#: (dll, function, C return type, C argument types, what a failure returns) -- the source of
-#: truth: "null" (a NULL handle), "false" (FALSE), "wait" (WAIT_FAILED), "zero" (0), or None.
-WIN32_SIGNATURES = [
+class Win32Signature(NamedTuple):
+    """One Win32 function in the C headers' own type names -- the source of truth that the
+    mingw-w64 test compiles against <windows.h> and :data:`WIN32_PROTOTYPES` binds."""
+    dll: str
+    name: str
+    restype: str
+    argtypes: Tuple[str, ...]
+    #: what a failure returns: "null" (a NULL handle), "false" (FALSE), "wait" (WAIT_FAILED),
+    #: "zero" (0), or None (cannot fail)
+    failure: Optional[str]
+
+
+WIN32_SIGNATURES = [Win32Signature(*row) for row in [
     ("kernel32", "CreateEventW", "HANDLE", ("LPSECURITY_ATTRIBUTES", "BOOL", "BOOL", "LPCWSTR"),
      "null"),
     ("kernel32", "SetEvent", "BOOL", ("HANDLE",), "false"),
@@ -138,7 +149,7 @@ WIN32_SIGNATURES = [
     ("advapi32", "OpenProcessToken", "BOOL", ("HANDLE", "DWORD", "PHANDLE"), "false"),
     ("advapi32", "GetTokenInformation", "BOOL",
      ("HANDLE", "TOKEN_INFORMATION_CLASS", "LPVOID", "DWORD", "PDWORD"), "false"),
-]
+]]
 
 
 def _last_error_check(failed):
@@ -162,9 +173,9 @@ _FAILURES = {
 }
 
 #: The same functions as :class:`~._bind.Prototype` records (ctypes types, errchecks).
-WIN32_PROTOTYPES = [Prototype(name, C_TYPES[ret], [C_TYPES[arg] for arg in args],
-                              _FAILURES[failure], WINDOWS, None, dll)
-                    for dll, name, ret, args, failure in WIN32_SIGNATURES]
+WIN32_PROTOTYPES = [Prototype(s.name, C_TYPES[s.restype], [C_TYPES[arg] for arg in s.argtypes],
+                              _FAILURES[s.failure], WINDOWS, None, s.dll)
+                    for s in WIN32_SIGNATURES]
 
 
 # Win32 errors -> the OSError subclass and errno CPython gives them (PC/errmap.h).
