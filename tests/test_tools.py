@@ -18,8 +18,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import _common  # tools/ is on pytest's pythonpath (pyproject.toml)
-import bench
 import bench_replay
+import bench_report
+import bench_run
+import bench_worker
 import send
 from udpcap_ctypes import _net
 
@@ -120,7 +122,7 @@ def test_send_paces_low_rates_without_bursting():
 
 def test_summary_table_and_svg_from_runs():
     runs = {
-        bench.BASELINE: {"idle": {"idle": [{"cpu_pct": 0.1}]}, "sizes": {"32": {
+        bench_worker.BASELINE: {"idle": {"idle": [{"cpu_pct": 0.1}]}, "sizes": {"32": {
             "path": "loopback", "count": 10,
             "drain": [{"rate": 100.0, "cpu_us": 2.0, "drops": 0, "duplicates": 0}] * 3,
             "latency": [{"p50_us": 10.0, "p99_us": 20.0, "drops": 0}]}}},
@@ -130,14 +132,14 @@ def test_summary_table_and_svg_from_runs():
                       for r, c in ((40.0, 6.0), (50.0, 5.0), (60.0, 4.0))],
             "latency": [{"p50_us": 30.0, "p99_us": 90.0, "drops": 0}]}}},
     }
-    rows = bench.summarize(runs)
-    assert [r["receiver"] for r in rows] == ["UdpcapSocket.recvfrom_into", bench.BASELINE]
+    rows = bench_report.summarize(runs)
+    assert [r["receiver"] for r in rows] == ["UdpcapSocket.recvfrom_into", bench_worker.BASELINE]
     udpcap = rows[0]
     assert udpcap["drain_rate"] == 50.0 and udpcap["cpu_us_per_datagram"] == 5.0
     assert udpcap["rate_ratio"] == 0.5 and udpcap["cpu_ratio"] == 2.5
-    text = bench.table(rows)
+    text = bench_report.table(rows)
     assert "UdpcapSocket.recvfrom_into" in text and "0.50" in text and "2.50" in text
-    root = ET.fromstring(bench.svg_chart(rows))
+    root = ET.fromstring(bench_report.svg_chart(rows))
     rects = list(root.iter("{http://www.w3.org/2000/svg}rect"))[1:]     # [0] is the background
     widths = [float(r.get("width")) for r in rects]
     assert widths == [210.0, 420.0]    # bars proportional to the rates 50 and 100
@@ -156,14 +158,14 @@ def test_latency_p99_ratio_pairs_runs_of_the_same_repeat():
         return {"idle": {}, "sizes": {"32": {
             "path": "loopback", "count": 1, "latency": latency(*p99s),
             "drain": [{"rate": 1.0, "cpu_us": 1.0, "drops": 0, "duplicates": 0}]}}}
-    runs = {bench.BASELINE: receiver([80.0, 200.0, 90.0, 100.0]),
+    runs = {bench_worker.BASELINE: receiver([80.0, 200.0, 90.0, 100.0]),
             "UdpcapSocket.recvfrom_into": receiver([88.0, 230.0, 99.0, None])}
-    rows = {r["receiver"]: r for r in bench.summarize(runs)}
+    rows = {r["receiver"]: r for r in bench_report.summarize(runs)}
     udpcap = rows["UdpcapSocket.recvfrom_into"]
     assert udpcap["latency_p99_ratio"] == 1.1                   # 1.1, 1.15, 1.1
     assert udpcap["latency_p99_us"] == 99.0                     # the plain median of 88, 230, 99
-    assert rows[bench.BASELINE]["latency_p99_ratio"] == 1.0
-    assert "1.10" in bench.table(list(rows.values()))
+    assert rows[bench_worker.BASELINE]["latency_p99_ratio"] == 1.0
+    assert "1.10" in bench_report.table(list(rows.values()))
 
 
 def test_stream_summary_and_table_from_runs():
@@ -173,24 +175,47 @@ def test_stream_summary_and_table_from_runs():
                 "count": 300, "unique": 300 - drops, "drops": drops, "lag_max_ms": 1.0,
                 "ended": "complete" if not drops else "marker"}
     runs = {
-        bench.BASELINE: {"idle": {}, "sizes": {"32": {"path": "loopback", "count": 10,
-                                                      "stream": [run(3.0, 100.0)] * 3}}},
+        bench_worker.BASELINE: {"idle": {}, "sizes": {"32": {"path": "loopback", "count": 10,
+                                                             "stream": [run(3.0, 100.0)] * 3}}},
         "UdpcapSocket.recvfrom_into": {"idle": {}, "sizes": {"32": {
             "path": "loopback", "count": 10,
             "stream": [run(6.0, 60.0, 2), run(4.5, 70.0, 0), run(9.0, 50.0, 5)]}}},
     }
     info = {"32": {"rate": 100, "limited_by": "sender", "path": "loopback",
                    "steps": [{"rate": 100, "ok": True, "why": "0 drops"}]}}
-    rows = bench.summarize_stream(runs, info)
-    assert [r["receiver"] for r in rows] == ["UdpcapSocket.recvfrom_into", bench.BASELINE]
+    rows = bench_report.summarize_stream(runs, info)
+    assert [r["receiver"] for r in rows] == ["UdpcapSocket.recvfrom_into", bench_worker.BASELINE]
     udpcap = rows[0]
     assert udpcap["cpu_us_per_datagram"] == 6.0 and udpcap["cpu_ratio"] == 2.0
     assert (udpcap["drops"], udpcap["max_drops"], udpcap["received"]) == (2, 5, 298)
     assert udpcap["ended"] == ["complete", "marker"]
-    text = bench.stream_table(rows, info)
+    text = bench_report.stream_table(rows, info)
     assert "2.00" in text and "send.py could not send faster" in text
     assert "sender short of the rate with: UdpcapSocket.recvfrom_into 32 B (60/s)" in text
     assert "sender short of the rate with: socket" not in text
+
+
+def test_report_text_notes_ring_drops_and_leaves_out_the_stream_table_without_streams():
+    """What bench.py prints: the drain table with a note on drops beyond the capture ring, the
+    stream table only when stream runs were made (settings stream_seconds not None)."""
+    row = {"receiver": "UdpcapSocket.recvfrom_into", "size": 32, "path": "loopback",
+           "drain_rate": 50.0, "cpu_us_per_datagram": 5.0, "drops": 5909.0,
+           "ring_frames": 4091, "latency_p50_us": 30.0, "latency_p99_us": 90.0,
+           "idle_cpu_pct": 0.5, "rate_ratio": 0.5, "cpu_ratio": 2.5, "latency_p99_ratio": None,
+           "errors": []}
+    settings = {"latency_rate": 1000.0, "rcvbuf": 256 << 20, "stream_seconds": None,
+                "repeat": 3}
+    report = {"rows": [row], "stream_rows": [], "stream": {}, "seconds": 12.0,
+              "settings": settings}
+    text = bench_report.report_text(report)
+    assert text.startswith("drain ceiling (queue --count datagrams, then read them), "
+                           "latency at 1000/s, idle CPU\n")
+    assert "UdpcapSocket.recvfrom_into 32 B: 5909 dropped; its capture ring holds 4,091" in text
+    assert "stream" not in text
+    assert text.endswith("(medians of 3 run(s); ratios vs socket.recvfrom_into; 12 s)")
+    settings["stream_seconds"] = 0.5
+    assert "\n\nstream (read while the sender sends at the socket's sustainable rate for " \
+           "0.5 s;" in bench_report.report_text(report)
 
 
 def test_send_end_markers_follow_the_data():
@@ -358,12 +383,17 @@ def test_recv_stats_lines_show_udpcap_counters():
 @pytest.mark.live
 @pytest.mark.parametrize("coalesce,engaged", [("0", False), ("0.001", True)])
 def test_recv_coalesce_reaches_the_socket(coalesce, engaged):
-    """--coalesce sets UdpcapSocket's moderation: a burst makes pauses only when it is on."""
+    """--coalesce sets UdpcapSocket's moderation: a stream makes pauses only when it is on.
+
+    Paced at 2,000/s (0.5 ms apart, closer than two 1 ms delays) for 0.1 s, so the receiver
+    catches up and waits between datagrams even on a loaded machine; an unpaced burst could
+    land in the ring before the receiver first reads, and 200 datagrams then need no wait.
+    """
     require_udpcap_socket()
     port = _net.free_udp_port()
     proc = start_recv(["--bind", "127.0.0.1:%d" % port, "--count", "200", "--timeout", "10",
                        "--coalesce", coalesce, "--json"])
-    run_send(["127.0.0.1:%d" % port, "--count", "200", "--size", "64"])
+    run_send(["127.0.0.1:%d" % port, "--count", "200", "--size", "64", "--rate", "2000"])
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     got = json.loads(out.strip().splitlines()[-1])
@@ -401,7 +431,7 @@ def run_bench_json(script, args, receivers, timeout, sizes=(32, 1400), optional=
 @pytest.mark.live
 def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
     require_udpcap_socket()
-    receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", bench.BASELINE]
+    receivers = ["UdpcapSocket.recvfrom_into", "UdpcapSocket.recvfrom", bench_worker.BASELINE]
     started = time.monotonic()
     report, rows = run_bench_json("bench.py", ["--quick", "--port", str(_net.free_udp_port())],
                                   receivers, timeout=300)
@@ -414,7 +444,7 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
         assert row["latency_p99_ratio"] > 0
         assert row["latency_drops"] == 0, row
     for size in (32, 1400):
-        base = rows[(bench.BASELINE, size)]
+        base = rows[(bench_worker.BASELINE, size)]
         assert base["rate_ratio"] == 1.0 and base["drops"] == 0
         assert base["latency_p99_ratio"] == 1.0
     # stream: every receiver read a paced stream (--quick: fixed rate, 0.5 s) while it arrived
@@ -422,13 +452,13 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
     assert set(stream) == set(rows)
     for size in (32, 1400):
         info = report["stream"][str(size)]
-        assert info["limited_by"] == "quick" and info["rate"] == bench.QUICK_STREAM_RATE
-        expected = int(bench.QUICK_STREAM_RATE * report["settings"]["stream_seconds"])
-        for name in (bench.BASELINE, "UdpcapSocket.recvfrom_into"):
+        assert info["limited_by"] == "quick" and info["rate"] == bench_run.QUICK_STREAM_RATE
+        expected = int(bench_run.QUICK_STREAM_RATE * report["settings"]["stream_seconds"])
+        for name in (bench_worker.BASELINE, "UdpcapSocket.recvfrom_into"):
             row = stream[(name, size)]
             assert not row["errors"], (name, size, row["errors"])
-            assert row["target_rate"] == bench.QUICK_STREAM_RATE
-            assert row["sender_rate"] > 0.5 * bench.QUICK_STREAM_RATE, row
+            assert row["target_rate"] == bench_run.QUICK_STREAM_RATE
+            assert row["sender_rate"] > 0.5 * bench_run.QUICK_STREAM_RATE, row
             assert row["received"] + row["drops"] == expected, row
             assert row["drops"] <= expected // 100, row
             assert row["cpu_us_per_datagram"] > 0 and row["cpu_ratio"] > 0, row
@@ -440,8 +470,8 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
                 assert run["measured"] == run["received"] - 1, run
             assert 0 < run["measured"] < run["received"], run
             assert 0 < run["seconds"] < 2 * report["settings"]["stream_seconds"], run
-        assert stream[(bench.BASELINE, size)]["cpu_ratio"] == 1.0
-        assert stream[(bench.BASELINE, size)]["drops"] == 0
+        assert stream[(bench_worker.BASELINE, size)]["cpu_ratio"] == 1.0
+        assert stream[(bench_worker.BASELINE, size)]["drops"] == 0
     assert time.monotonic() - started < 240
 
 

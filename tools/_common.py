@@ -1,4 +1,5 @@
-"""Helpers shared by tools/send.py, tools/recv.py and tools/bench.py (stdlib only).
+"""Helpers shared by the tools (send, recv, the bench modules, bench_replay, bench_packet_path;
+stdlib only).
 
 * the datagram header the sender embeds and the receivers read back,
 * the clock used for one-way latency,

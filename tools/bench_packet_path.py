@@ -23,7 +23,6 @@ Every figure is the median of --repeat timed runs.  Time is this process's CPU t
 
 import argparse
 import json
-import os
 import platform
 import random
 import statistics
@@ -31,12 +30,9 @@ import struct
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:
-    import udpcap_ctypes  # noqa: F401
-except ImportError:
-    sys.path.insert(0, REPO_ROOT)
+import _common
 
+_common.ensure_package_importable()
 from udpcap_ctypes import _packet, _pcap  # noqa: E402
 from udpcap_ctypes._reassembly import Reassembler  # noqa: E402
 from udpcap_ctypes._stats import Statistics  # noqa: E402

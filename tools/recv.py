@@ -19,13 +19,11 @@ Examples:
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common  # tools/ is on sys.path: run as a script, or by pytest's pythonpath
 
 SHOWN_COUNTERS = ("delivered", "malformed_total", "not_for_us", "fragments", "reassembled",
                   "reassembly_timeouts", "capture_drops", "coalesced_waits")

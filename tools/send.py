@@ -23,13 +23,11 @@ Examples:
 import argparse
 import errno
 import json
-import os
 import socket
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common  # tools/ is on sys.path: run as a script, or by pytest's pythonpath
 
 BATCH_SECONDS = 0.001      # at high rates: sleep between batches of ~1 ms of datagrams
 MAX_BURST = 4096           # never send more than this many back to back before looking up
