@@ -196,6 +196,10 @@ def test_bytes_hosts_are_accepted_as_by_a_socket(netns, stack):
     sock.leave_multicast_group(bytearray(b"239.192.11.1"))
     with pytest.raises(OSError):
         sock.join_multicast_group(b"\xff\xfe")
+    with pytest.raises(OSError) as caught:
+        sock.join_multicast_group(b"10.0.0.1")
+    assert caught.value.errno == errno.EINVAL
+    assert caught.value.strerror.startswith("10.0.0.1 is not a multicast address")
 
 
 @pytest.mark.live

@@ -5,6 +5,8 @@ the receive side of IPv4/UDP in user space, behind a ``socket.socket``-shaped cl
 Importing this package loads no native library; ``UdpcapSocket()`` does, once per process.
 """
 
+from __future__ import annotations
+
 from .errors import (
                      CaptureUnavailableError,
                      NotBoundError,

@@ -11,13 +11,35 @@ Results:
 with ``src``/``dst`` as ints (``int.from_bytes(address, "big")``).
 """
 
+from __future__ import annotations
+
 import struct
 import sys
+from typing import Any, Callable, Dict, Final, Iterable, List, Literal, Optional, Tuple, Union
 
 from . import _pcap
+from ._stats import Statistics
 
-UDP = 1
-FRAGMENT = 2
+# What the parsers read: captured bytes (a capture's memoryview, or bytes in the tests).
+Buffer = Union[bytes, bytearray, memoryview]
+# The results (see the module doc), tagged Literal[1] (UDP) or Literal[2] (FRAGMENT) so that a
+# type checker tells them apart by their first item.
+# (UDP, src, dst, sport, dport, payload_start, payload_end)
+UdpResult = Tuple[Literal[1], int, int, int, int, int, int]
+# (FRAGMENT, src, dst, ident, offset_bytes, more_fragments, data_start, data_end)
+FragmentResult = Tuple[Literal[2], int, int, int, int, bool, int, int]
+# f(buf, start, end, stats) -> offset of the IPv4 header, or -1 (see make_link_parser)
+LinkParser = Callable[[Buffer, int, int, Statistics], int]
+# f(buf, start) -> True for a frame this host sent (see make_outgoing_test)
+OutgoingTest = Callable[[Buffer, int], bool]
+# What a batch walker appends (see the comment above make_batch_parser)
+BatchEntry = Union[Tuple[int, int, int, int, int, int, memoryview],
+                   Tuple[None, FragmentResult, None, int, int, int, memoryview]]
+# parse_batch(view, pos, count, port, stats, verify, datagrams) -> offset past the last record
+BatchParser = Callable[[memoryview, int, int, int, Statistics, bool, List[BatchEntry]], int]
+
+UDP: Final = 1
+FRAGMENT: Final = 2
 
 IPPROTO_UDP = 17
 ETHERTYPE_IPV4 = 0x0800
@@ -31,7 +53,7 @@ _ipv4_words = struct.Struct("!5I")      # a bare IPv4 header (first 20 bytes)
 _udp = struct.Struct("!HHH")
 
 
-def udp_checksum_ok(src, dst, segment):
+def udp_checksum_ok(src: int, dst: int, segment: Buffer) -> bool:
     """True when a UDP checksum verifies (a zero checksum means "none" and passes).
 
     ``segment`` is the UDP header plus payload, ``src``/``dst`` are int addresses.  Only
@@ -48,12 +70,13 @@ def udp_checksum_ok(src, dst, segment):
     return total % 0xFFFF == 0
 
 
-def _words_sum(buf, start, count):
+def _words_sum(buf: Buffer, start: int, count: int) -> int:
     """Sum of ``count`` big-endian 32-bit words at ``start``."""
     return sum(struct.unpack_from("!%dI" % count, buf, start))
 
 
-def parse_ipv4(buf, start, end, stats, verify_udp_checksum=False):
+def parse_ipv4(buf: Buffer, start: int, end: int, stats: Statistics,
+               verify_udp_checksum: bool = False) -> Union[UdpResult, FragmentResult, None]:
     """Parse the IPv4 packet in ``buf[start:end]``; see the module doc for results.
 
     Addresses come back as ints (``int.from_bytes(addr, "big")``).  Ethernet padding beyond the
@@ -120,7 +143,8 @@ def parse_ipv4(buf, start, end, stats, verify_udp_checksum=False):
     return (UDP, src, dst, sport, dport, data_start + 8, data_start + ulen)
 
 
-def parse_udp(segment, src, dst, stats, verify_udp_checksum=False):
+def parse_udp(segment: Buffer, src: int, dst: int, stats: Statistics,
+              verify_udp_checksum: bool = False) -> Optional[UdpResult]:
     """Parse a reassembled UDP segment (header + payload); returns a UDP result or None."""
     if len(segment) < 8:
         stats.drop("udp_truncated")
@@ -145,7 +169,7 @@ class UnsupportedLinkType(ValueError):
     """The capture device uses a link layer the parser does not understand."""
 
 
-def _parse_ethernet(buf, start, end, stats):
+def _parse_ethernet(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
     if end - start >= 14 and buf[start + 12] == 0x08 and buf[start + 13] == 0x00:
         return start + 14                                    # untagged IPv4: the common case
     pos = start + 12
@@ -163,11 +187,11 @@ def _parse_ethernet(buf, start, end, stats):
     return -1
 
 
-def _null_parser(byte_order, accept_swapped):
+def _null_parser(byte_order: Literal["little", "big"], accept_swapped: bool) -> LinkParser:
     # AF_INET written in the other byte order reads as AF_INET << 24 whatever ``byte_order`` is.
     other = AF_INET << 24 if accept_swapped else None
 
-    def parse_null(buf, start, end, stats):
+    def parse_null(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
         if end - start < 4:
             stats.drop("link_truncated")
             return -1
@@ -181,7 +205,7 @@ def _null_parser(byte_order, accept_swapped):
     return parse_null
 
 
-def _parse_sll(buf, start, end, stats):
+def _parse_sll(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
     if end - start < 16:
         stats.drop("link_truncated")
         return -1
@@ -191,7 +215,7 @@ def _parse_sll(buf, start, end, stats):
     return start + 16
 
 
-def _parse_sll2(buf, start, end, stats):
+def _parse_sll2(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
     if end - start < 20:
         stats.drop("link_truncated")
         return -1
@@ -201,7 +225,7 @@ def _parse_sll2(buf, start, end, stats):
     return start + 20
 
 
-def _parse_raw(buf, start, end, stats):
+def _parse_raw(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
     if end - start < 1:
         stats.drop("link_truncated")
         return -1
@@ -211,7 +235,7 @@ def _parse_raw(buf, start, end, stats):
     return start
 
 
-def make_link_parser(linktype):
+def make_link_parser(linktype: int) -> LinkParser:
     """Return the link-layer parser for a pcap ``linktype`` (``DLT_*``).
 
     Raises :class:`UnsupportedLinkType` for a link type we cannot parse -- at open time, so a
@@ -234,7 +258,7 @@ def make_link_parser(linktype):
         "Linux cooked SLL/SLL2, raw IPv4)" % linktype)
 
 
-def make_outgoing_test(linktype, own_macs=()):
+def make_outgoing_test(linktype: int, own_macs: Iterable[Buffer] = ()) -> OutgoingTest:
     """Return f(buf, start) -> True when the frame at ``start`` was sent by this host.
 
     Linux cooked captures say so in their packet type; on Ethernet we compare the source
@@ -271,7 +295,7 @@ def make_outgoing_test(linktype, own_macs=()):
 _record_caplen = struct.Struct("=I")
 
 # linktype -> (marker format, marker offset, accepted marker values, IPv4 offset)
-_FIXED_LINK_HEADERS = {
+_FIXED_LINK_HEADERS: Dict[int, Tuple[str, int, Tuple[int, ...], int]] = {
     _pcap.DLT_EN10MB: ("H", 12, (ETHERTYPE_IPV4,), 14),
     _pcap.DLT_LINUX_SLL: ("H", 14, (ETHERTYPE_IPV4,), 16),
     _pcap.DLT_LINUX_SLL2: ("H", 0, (ETHERTYPE_IPV4,), 20),
@@ -281,15 +305,16 @@ _FIXED_LINK_HEADERS = {
 }
 
 
-def make_batch_parser(linktype, fast_path=True):
+def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
     """Return the batch walker for a pcap ``linktype`` (see the comment above).
 
     ``fast_path=False`` sends every frame through the general path; the tests compare both.
     """
     parse_link = make_link_parser(linktype)
     fixed = _FIXED_LINK_HEADERS.get(linktype) if fast_path else None
+    unpack_fast: Callable[[memoryview, int], Tuple[Any, ...]]
     if fixed is None:
-        unpack_fast = None
+        unpack_fast = None  # type: ignore[assignment]  # never called: no caplen reaches minimum
         minimum = 1 << 30
         marker_a = marker_b = ip_offset = -1
     else:
@@ -300,7 +325,8 @@ def make_batch_parser(linktype, fast_path=True):
         marker_a, marker_b = markers[0], markers[-1]
     caplen_at = _record_caplen.unpack_from
 
-    def parse_batch(view, pos, count, port, stats, verify, datagrams):
+    def parse_batch(view: memoryview, pos: int, count: int, port: int, stats: Statistics,
+                    verify: bool, datagrams: List[BatchEntry]) -> int:
         append = datagrams.append
         for _ in range(count):
             start = pos + 16

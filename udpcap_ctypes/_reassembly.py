@@ -36,8 +36,19 @@ A packet that is not a fragment (offset 0, MF clear) never touches the reassembl
 Linux: :meth:`Reassembler.add` returns a copy of it at once.
 """
 
+from __future__ import annotations
+
+import typing
 from bisect import bisect_right
 from collections import OrderedDict
+from typing import Callable, List, Optional, Tuple, Union
+
+from ._stats import Statistics
+
+# A fragment's payload as the receiver hands it (a memoryview into the capture) or as bytes.
+Payload = Union[bytes, bytearray, memoryview]
+# (src, dst, ident): which datagram a fragment belongs to
+Key = Tuple[int, int, int]
 
 # Largest IPv4 payload: total length 65535 minus the minimal 20-byte header.
 MAX_PAYLOAD = 65535 - 20
@@ -53,10 +64,10 @@ class _Datagram:
     __slots__ = ("created", "starts", "pieces", "received", "held", "total", "checked",
                  "count", "tail")
 
-    def __init__(self, created):
+    def __init__(self, created: float) -> None:
         self.created = created   # time of the first fragment
-        self.starts = []         # offsets of the pieces, ascending
-        self.pieces = []         # bytes of each piece; pieces never overlap
+        self.starts: List[int] = []       # offsets of the pieces, ascending
+        self.pieces: List[bytes] = []     # bytes of each piece; pieces never overlap
         self.received = 0        # payload bytes held
         self.held = 0            # bytes accounted: payload + FRAGMENT_OVERHEAD per piece
         self.total = -1          # end of the datagram once the final fragment is seen
@@ -72,7 +83,9 @@ class Reassembler:
     ``callable(udp_header_memoryview) -> bool`` asked once per datagram, on its first fragment.
     """
 
-    def __init__(self, stats, max_age=30.0, max_bytes=4 << 20, max_datagrams=1024, wanted=None):
+    def __init__(self, stats: Statistics, max_age: float = 30.0, max_bytes: int = 4 << 20,
+                 max_datagrams: int = 1024,
+                 wanted: Optional[Callable[[memoryview], bool]] = None) -> None:
         if not max_age > 0:
             raise ValueError("max_age must be a positive number of seconds, got %r" % (max_age,))
         if max_bytes < 0:
@@ -84,9 +97,10 @@ class Reassembler:
         self._max_bytes = int(max_bytes)
         self._max_datagrams = int(max_datagrams)
         self._wanted = wanted
-        self._pending = OrderedDict()   # key -> _Datagram, oldest first
+        # key -> _Datagram, oldest first
+        self._pending: typing.OrderedDict[Key, _Datagram] = OrderedDict()
         # key -> (since, unwanted): datagrams dropped as broken (False) or unwanted (True).
-        self._dead = OrderedDict()
+        self._dead: typing.OrderedDict[Key, Tuple[float, bool]] = OrderedDict()
         self._max_dead = max(256, 4 * self._max_datagrams)
         self._bytes = 0
         self._sweep_every = min(0.5, self._max_age / 4.0)
@@ -95,15 +109,16 @@ class Reassembler:
     # -- public ---------------------------------------------------------------------------------
 
     @property
-    def pending_bytes(self):
+    def pending_bytes(self) -> int:
         """Bytes held for incomplete datagrams (payload + per-fragment overhead)."""
         return self._bytes
 
     @property
-    def pending_datagrams(self):
+    def pending_datagrams(self) -> int:
         return len(self._pending)
 
-    def add(self, src, dst, ident, offset, more_fragments, payload, now):
+    def add(self, src: int, dst: int, ident: int, offset: int, more_fragments: bool,
+            payload: Payload, now: float) -> Optional[bytes]:
         """Offer one fragment; return the whole IP payload when it completes a datagram."""
         if offset == 0 and not more_fragments:
             return bytes(payload)            # not a fragment
@@ -242,7 +257,7 @@ class Reassembler:
             dg.total = end
         return self._complete(key, dg)
 
-    def expire(self, now):
+    def expire(self, now: float) -> None:
         """Drop datagrams (and tombstones) whose first fragment is *max_age* or more old."""
         self._last_sweep = now
         max_age = self._max_age
@@ -264,7 +279,7 @@ class Reassembler:
                 break
             del dead[key]
 
-    def clear(self):
+    def clear(self) -> None:
         """Forget everything (datagrams held and tombstones) without counting it."""
         self._pending.clear()
         self._dead.clear()
@@ -274,7 +289,10 @@ class Reassembler:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _first(self, key, offset, end, more_fragments, payload, now):
+    # _first, _fail and _unwanted always return None; they are typed Optional[bytes] because
+    # add() returns what they return.
+    def _first(self, key: Key, offset: int, end: int, more_fragments: bool, payload: memoryview,
+               now: float) -> Optional[bytes]:
         """Start a new datagram with this (already validated) fragment."""
         if offset == 0 and self._wanted is not None and not self._wanted(payload[:8]):
             return self._unwanted(key, None, now)
@@ -301,7 +319,8 @@ class Reassembler:
         return None      # one fragment never completes a datagram (offset 0 + MF clear is not one)
 
     @staticmethod
-    def _overlap(starts, pieces, lo, hi, offset, end, payload):
+    def _overlap(starts: List[int], pieces: List[bytes], lo: int, hi: int, offset: int, end: int,
+                 payload: memoryview) -> Optional[str]:
         """Judge a fragment overlapping pieces[lo:hi]: "duplicate", "replace" or None (bad)."""
         inside = starts[lo] <= offset
         for k in range(lo, hi):
@@ -321,7 +340,7 @@ class Reassembler:
             return "replace"
         return None
 
-    def _complete(self, key, dg):
+    def _complete(self, key: Key, dg: _Datagram) -> Optional[bytes]:
         if dg.total >= 0 and dg.received == dg.total:
             del self._pending[key]
             self._bytes -= dg.held
@@ -331,7 +350,7 @@ class Reassembler:
         self._gauge()
         return None
 
-    def _make_room(self, key, need, new, now):
+    def _make_room(self, key: Key, need: int, new: bool, now: float) -> bool:
         """Evict until *need* more bytes (and, if *new*, one more datagram) fit; False if not."""
         pending = self._pending
         if (not new or len(pending) < self._max_datagrams) and \
@@ -352,18 +371,19 @@ class Reassembler:
             stats.reassembly_evictions += 1
         return True
 
-    def _discard(self, key, dg):
+    def _discard(self, key: Key, dg: _Datagram) -> None:
         del self._pending[key]
         self._bytes -= dg.held
         self._gauge()
 
-    def _bury(self, key, since, unwanted):
+    def _bury(self, key: Key, since: float, unwanted: bool) -> None:
         dead = self._dead                    # (add() has already removed an old mark of key)
         if len(dead) >= self._max_dead:
             dead.popitem(last=False)
         dead[key] = (since, unwanted)
 
-    def _fail(self, key, dg, reason, now):
+    def _fail(self, key: Key, dg: Optional[_Datagram], reason: str,
+              now: float) -> Optional[bytes]:
         self._stats.drop(reason)
         since = now
         if dg is not None:
@@ -372,7 +392,7 @@ class Reassembler:
         self._bury(key, since, False)
         return None
 
-    def _unwanted(self, key, dg, now):
+    def _unwanted(self, key: Key, dg: Optional[_Datagram], now: float) -> Optional[bytes]:
         let_go = 1
         since = now
         if dg is not None:
@@ -383,7 +403,7 @@ class Reassembler:
         self._bury(key, since, True)
         return None
 
-    def _gauge(self):
+    def _gauge(self) -> None:
         stats = self._stats
         stats.pending_datagrams = len(self._pending)
         stats.pending_bytes = self._bytes

@@ -5,7 +5,12 @@ read by anyone through :meth:`Statistics.snapshot`.  Drops are counted by reason
 ``check`` and ``tools/recv.py --stats`` can say *why* traffic did not arrive.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Dict, Optional, Sequence, TypedDict, TypeVar
+
+_T = TypeVar("_T")
 
 # Reasons a captured frame or fragment is dropped as malformed (keys of ``malformed``).
 MALFORMED_REASONS = (
@@ -26,6 +31,33 @@ MALFORMED_REASONS = (
 )
 
 
+class StatisticsSnapshot(TypedDict):
+    """What :meth:`Statistics.snapshot` (and ``UdpcapSocket.statistics()``) returns: every
+    counter of :class:`Statistics` by name, plus ``malformed_total``."""
+
+    frames: int
+    accepted: int
+    accepted_bytes: int
+    delivered: int
+    delivered_bytes: int
+    truncated_deliveries: int
+    not_for_us: int
+    own_multicast_dropped: int
+    malformed: Dict[str, int]
+    fragments: int
+    reassembled: int
+    reassembly_timeouts: int
+    reassembly_evictions: int
+    fragments_unwanted: int
+    pending_datagrams: int
+    pending_bytes: int
+    capture_drops: int
+    coalesced_waits: int
+    devices_failed: int
+    devices_lost: int
+    malformed_total: int
+
+
 class Statistics:
     """Counters of one socket.  All attributes are ints; ``malformed`` maps reason -> count."""
 
@@ -38,7 +70,7 @@ class Statistics:
         "devices_failed", "devices_lost",
     )
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.frames = 0                  # frames read from the capture
         self.accepted = 0                # datagrams queued for the caller
         self.accepted_bytes = 0
@@ -60,27 +92,29 @@ class Statistics:
         self.devices_failed = 0          # devices bind() could not open (and went on without)
         self.devices_lost = 0            # captures dropped because their device went away
 
-    def drop(self, reason):
+    def drop(self, reason: str) -> None:
         """Count one malformed frame or fragment."""
         self.malformed[reason] += 1
 
     @property
-    def malformed_total(self):
+    def malformed_total(self) -> int:
         return sum(self.malformed.values())
 
-    def snapshot(self):
+    def snapshot(self) -> StatisticsSnapshot:
         """A plain dict copy of every counter (``malformed`` as a nested dict)."""
         out = {name: getattr(self, name) for name in self.__slots__}
         out["malformed"] = dict(self.malformed)
         out["malformed_total"] = self.malformed_total
-        return out
+        # Built from __slots__, so a type checker cannot see the keys; tests/test_typing.py
+        # checks that they are exactly StatisticsSnapshot's.
+        return out  # type: ignore[return-value]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Statistics(%s)" % ", ".join(
             "%s=%r" % item for item in self.snapshot().items() if item[1])
 
 
-def percentile(sorted_values, fraction):
+def percentile(sorted_values: Sequence[_T], fraction: float) -> Optional[_T]:
     """Nearest-rank percentile of an ascending list: the smallest value with at least
     *fraction* of the values at or below it (p50 of [1, 2, 3, 4] is 2).  None when empty."""
     if not sorted_values:

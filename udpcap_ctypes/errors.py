@@ -6,6 +6,8 @@ the builtin :class:`PermissionError` (also an ``OSError``), timeouts as :class:`
 and "nothing queued" in non-blocking mode as :class:`BlockingIOError`, exactly like a socket.
 """
 
+from __future__ import annotations
+
 import errno
 
 
@@ -23,14 +25,15 @@ class CaptureUnavailableError(UdpcapError):
 class NotBoundError(UdpcapError):
     """A receive was attempted on a socket that is not bound yet."""
 
-    def __init__(self, message="socket is not bound: call bind((address, port)) before receiving"):
+    def __init__(self, message: str = ("socket is not bound: call bind((address, port)) "
+                                       "before receiving")) -> None:
         super().__init__(errno.ENOTCONN, message)
 
 
 class SocketClosedError(UdpcapError):
     """The socket was closed (before or during the call).  ``errno`` is ``EBADF``."""
 
-    def __init__(self, message="socket is closed"):
+    def __init__(self, message: str = "socket is closed") -> None:
         super().__init__(errno.EBADF, message)
 
 

@@ -7,30 +7,51 @@ passes through Winsock and the Defender firewall's per-datagram cost (MpsSvc in 
 
 from __future__ import annotations
 
+import array
 import collections
+import ctypes
 import errno
 import logging
 import math
+import mmap
 import operator
 import socket
 import struct
 import sys
 import threading
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, Literal, Optional, Set, Tuple, Union, overload
 
 from . import _loader, _platform
 from ._net import free_udp_port, ip_text
 from ._receiver import Receiver, is_multicast
-from ._stats import Statistics
+from ._stats import Statistics, StatisticsSnapshot
 from .errors import NotBoundError, SocketClosedError
 
+if TYPE_CHECKING:
+    # What socket.recv_into accepts: any writable buffer (bytearray, memoryview,
+    # array.array, ctypes arrays, mmap...).  typeshed's alias exists only for type checkers...
+    from _typeshed import WriteableBuffer as WritableBuffer
+else:
+    # ...so typing.get_type_hints resolves this spelling of it at run time.
+    WritableBuffer = Union[bytearray, memoryview, array.array, ctypes.Array, mmap.mmap]
+
 log = logging.getLogger(__name__)
+
+# (host, port) as a socket reports it: the host as dotted text.
+Address = Tuple[str, int]
+# A host as bind() and the multicast calls take it: text, or ASCII bytes as a socket takes.
+Host = Union[str, bytes, bytearray]
+# A setsockopt value: an int, or the option's bytes (an ip_mreq...) as a socket takes them.
+OptionValue = Union[int, bytes, bytearray, memoryview]
+# A datagram queued by the receiver: (buffer, first, last, source address).
+_Queued = Tuple[memoryview, int, int, Address]
 
 MIN_RECEIVE_BUFFER = 65535
 # The capture library takes the buffer size as a C int: a larger value would wrap.
 MAX_RECEIVE_BUFFER = 2 ** 31 - 1
-_NOTHING_QUEUED = collections.deque()   # what an unbound socket "has queued": nothing
+# What an unbound socket "has queued": nothing.
+_NOTHING_QUEUED: Deque[_Queued] = collections.deque()
 # The capture ring per device.  In immediate mode Linux cuts it into frames sized from the
 # MTU (LinuxPlatform.ring_layout): 16 MiB holds 10,592 frames on an MTU-1500 link and 256
 # datagrams on lo (MTU 65536, one 65,632-byte frame per 128 KiB block: 32 MiB of memory).
@@ -38,20 +59,19 @@ DEFAULT_RECEIVE_BUFFER = 16 << 20
 # The longest timeout socket.settimeout takes: CPython keeps it in int64 nanoseconds.
 _MAX_TIMEOUT = (2 ** 63 - 1) / 1e9
 
-Address = Tuple[str, int]
-
 MAX_COALESCE = 0.01   # seconds; longer would need more capture buffer than the default holds
 
 
-def _flag(name, value, optional=False):
-    """An option that takes a bool (or None, meaning the platform default)."""
+def _flag(name: str, value: object, optional: bool = False) -> Any:
+    """An option that takes a bool (or None, meaning the platform default).  Typed Any: the
+    attribute it is stored in says which of the two."""
     if isinstance(value, bool) or (optional and value is None):
         return value
     raise TypeError("%s must be True or False%s, not %r"
                     % (name, " (or None for the platform default)" if optional else "", value))
 
 
-def _seconds(name, value):
+def _seconds(name: str, value: object) -> float:
     """A finite, non-negative number of seconds, as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("%s must be a number of seconds, not %r" % (name, value))
@@ -67,8 +87,18 @@ class Options:
     __slots__ = ("immediate", "promiscuous", "hold_memberships", "port_guard",
                  "verify_udp_checksum", "reassembly_timeout", "coalesce")
 
-    def __init__(self, immediate=True, promiscuous=True, hold_memberships=None, port_guard=None,
-                 verify_udp_checksum=False, reassembly_timeout=30.0, coalesce=None):
+    immediate: bool
+    promiscuous: bool
+    hold_memberships: Optional[bool]       # None: the platform default
+    port_guard: Optional[bool]             # None: the platform default
+    verify_udp_checksum: bool
+    reassembly_timeout: float
+    coalesce: Optional[float]              # None: the platform default
+
+    def __init__(self, immediate: bool = True, promiscuous: bool = True,
+                 hold_memberships: Optional[bool] = None, port_guard: Optional[bool] = None,
+                 verify_udp_checksum: bool = False, reassembly_timeout: float = 30.0,
+                 coalesce: Optional[float] = None) -> None:
         self.immediate = _flag("immediate", immediate)
         self.promiscuous = _flag("promiscuous", promiscuous)
         self.hold_memberships = _flag("hold_memberships", hold_memberships, optional=True)
@@ -87,7 +117,7 @@ class Options:
         self.coalesce = coalesce
 
 
-def _parse_ipv4(host, what):
+def _parse_ipv4(host: Host, what: str) -> int:
     """A dotted quad or resolvable name (str or bytes, as a socket takes) to an int; OSError
     for anything malformed."""
     if isinstance(host, (bytes, bytearray)):
@@ -108,10 +138,10 @@ def _parse_ipv4(host, what):
         except (OSError, UnicodeError) as exc:
             raise OSError(errno.EINVAL, "%s %r is not a valid IPv4 address (%s)"
                           % (what, host, exc)) from None
-    return struct.unpack("!I", packed)[0]
+    return struct.unpack("!I", packed)[0]  # type: ignore[no-any-return]  # an int: "!I"
 
 
-def _timeout(value):
+def _timeout(value: Optional[float]) -> Optional[float]:
     """*value* as socket.settimeout takes it: None, or seconds >= 0 (same exception types)."""
     if value is None:
         return None
@@ -127,7 +157,7 @@ def _timeout(value):
     return float(value)
 
 
-def _bufsize(value, call):
+def _bufsize(value: int, call: str) -> int:
     """A receive size as a socket checks it: an int >= 0 (TypeError / ValueError otherwise)."""
     value = operator.index(value)
     if value < 0:
@@ -184,18 +214,19 @@ class UdpcapSocket:
             raise OSError(errno.EPROTONOSUPPORT, "UdpcapSocket receives UDP: proto must be 0 "
                                                  "or socket.IPPROTO_UDP, not %r" % (proto,))
         self._options = Options(**options)
-        self._library = _loader.get_library()
-        self._platform = _platform.current(self._library)
+        self._library: _loader.CaptureLibrary = _loader.get_library()
+        self._platform: _platform.Platform = _platform.current(self._library)
         self._stats = Statistics()
         self._state_lock = threading.Lock()
-        self._receiver = None
-        self._timeout = None
+        self._receiver: Optional[Receiver] = None
+        self._timeout: Optional[float] = None
         self._buffer_size = DEFAULT_RECEIVE_BUFFER
-        self._memberships = set()           # (group, interface address or 0), as ints
+        self._memberships: Set[Tuple[int, int]] = set()  # (group, interface address or 0), as ints
         self._multicast_loopback = True
-        self._sockname = None
-        self._ready = _NOTHING_QUEUED       # the bound receiver's queue of datagrams
-        self._readiness = None              # fileno()'s pollable fd, made on first use
+        self._sockname: Optional[Address] = None
+        self._ready: Deque[_Queued] = _NOTHING_QUEUED   # the bound receiver's queue of datagrams
+        # fileno()'s pollable fd, made on first use
+        self._readiness: Optional[_platform.Readiness] = None
         self._closed = False
 
     @property
@@ -223,7 +254,7 @@ class UdpcapSocket:
                                         "buffer is allocated when the device is opened")
         self._buffer_size = size
 
-    def set_multicast_loopback(self, enabled: bool) -> None:
+    def set_multicast_loopback(self, enabled: Union[bool, int]) -> None:
         """Deliver datagrams this host sends to joined groups (default True)."""
         self._check_open()
         enabled = bool(enabled)
@@ -237,7 +268,7 @@ class UdpcapSocket:
     def multicast_loopback(self) -> bool:
         return self._multicast_loopback
 
-    def join_multicast_group(self, group: str, interface: Optional[str] = None) -> None:
+    def join_multicast_group(self, group: Host, interface: Optional[Host] = None) -> None:
         """Receive datagrams sent to *group* (``IP_ADD_MEMBERSHIP``); allowed before bind.
 
         *interface*: the address of a local interface to receive the group on, or None (and
@@ -245,16 +276,17 @@ class UdpcapSocket:
         """
         self._change_group(group, interface, join=True)
 
-    def leave_multicast_group(self, group: str, interface: Optional[str] = None) -> None:
+    def leave_multicast_group(self, group: Host, interface: Optional[Host] = None) -> None:
         """Stop receiving *group* (``IP_DROP_MEMBERSHIP``) on *interface* (as joined; None
         also matches the group's only membership)."""
         self._change_group(group, interface, join=False)
 
-    def _change_group(self, group, interface, join):
+    def _change_group(self, group: Host, interface: Optional[Host], join: bool) -> None:
         self._check_open()
         address = _parse_ipv4(group, "multicast group")
         if not is_multicast(address):
-            raise OSError(errno.EINVAL, "%s is not a multicast address (224.0.0.0/4)" % group)
+            raise OSError(errno.EINVAL, "%s is not a multicast address (224.0.0.0/4)"
+                          % ip_text(address))
         where = 0 if interface is None else _parse_ipv4(interface, "interface")
         with self._state_lock:
             receiver = self._receiver
@@ -278,11 +310,11 @@ class UdpcapSocket:
         if receiver is not None:
             receiver.update(memberships=memberships)
 
-    def setsockopt(self, level: int, option: int, value: Any) -> None:
+    def setsockopt(self, level: int, option: int, value: OptionValue) -> None:
         """The subset of ``socket.setsockopt`` a UDP receiver uses, mapped to the methods."""
         self._check_open()
         if level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
-            return self.set_receive_buffer_size(value)
+            return self.set_receive_buffer_size(value)  # type: ignore[arg-type]  # bytes: TypeError
         if level == socket.IPPROTO_IP and option == socket.IP_MULTICAST_LOOP:
             return self.set_multicast_loopback(
                 value if isinstance(value, int) else struct.unpack("B", value[:1])[0])
@@ -297,7 +329,13 @@ class UdpcapSocket:
         raise OSError(errno.ENOPROTOOPT, "option (%d, %d) is not supported by UdpcapSocket"
                       % (level, option))
 
-    def getsockopt(self, level: int, option: int, buflen: Optional[int] = None) -> Any:
+    @overload
+    def getsockopt(self, level: int, option: int, buflen: None = None) -> int: ...
+    @overload
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes: ...
+
+    def getsockopt(self, level: int, option: int,
+                   buflen: Optional[int] = None) -> Union[int, bytes]:
         """``SO_RCVBUF`` (the capture buffer size), ``IP_MULTICAST_LOOP`` (1 or 0),
         ``SO_TYPE`` (SOCK_DGRAM); as bytes of *buflen* when given, as ``socket.getsockopt``."""
         self._check_open()
@@ -344,7 +382,7 @@ class UdpcapSocket:
 
     # -- binding -----------------------------------------------------------------------------
 
-    def bind(self, address: Address) -> None:
+    def bind(self, address: Tuple[Host, int]) -> None:
         """Open the captures for ``(host, port)``; see ``docs/API.md`` for host forms."""
         self._check_open()
         if not isinstance(address, tuple) or len(address) != 2:
@@ -364,7 +402,7 @@ class UdpcapSocket:
         with self._state_lock:
             if self._receiver is not None:
                 raise OSError(errno.EINVAL, "socket is already bound to %s:%d"
-                              % self._sockname)
+                              % self._sockname)  # type: ignore[str-format]  # set with _receiver
             if port == 0:
                 port = free_udp_port(ip_text(host_int))
             receiver = Receiver(self._platform, self._stats, self._options)
@@ -391,6 +429,13 @@ class UdpcapSocket:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    # recvfrom(0) returns (b"", None); a type checker can tell only when the 0 is written out.
+    @overload
+    def recvfrom(self, bufsize: Literal[0]) -> Tuple[bytes, None]:  # type: ignore[overload-overlap]
+        ...
+    @overload
+    def recvfrom(self, bufsize: int) -> Tuple[bytes, Address]: ...
+
     def recvfrom(self, bufsize: int) -> Tuple[bytes, Optional[Address]]:
         """Return ``(bytes, (host, port))`` of the next datagram (at most *bufsize* bytes).
 
@@ -416,7 +461,7 @@ class UdpcapSocket:
         once, without consuming a datagram, as a socket's."""
         return self._recvfrom(bufsize, "recv")[0]
 
-    def _recvfrom(self, bufsize, call):
+    def _recvfrom(self, bufsize: int, call: str) -> Tuple[bytes, Optional[Address]]:
         # Sizes are checked before anything waits or is consumed.
         bufsize = _bufsize(bufsize, call)
         if not bufsize:
@@ -424,7 +469,7 @@ class UdpcapSocket:
             return (b"", None)
         return self._receive(None, bufsize)
 
-    def recvfrom_into(self, buffer: Any, nbytes: int = 0) -> Tuple[int, Optional[Address]]:
+    def recvfrom_into(self, buffer: WritableBuffer, nbytes: int = 0) -> Tuple[int, Address]:
         """Copy the next datagram into *buffer* (any writable bytes-like object; *nbytes* 0
         means all of it); return ``(nbytes_copied, (host, port))``.  With room for 0 bytes it
         returns ``(0, None)`` at once without consuming a datagram."""
@@ -441,19 +486,24 @@ class UdpcapSocket:
                     size = len(buffer)
                 memoryview(buffer)[:size] = buf[first:first + size]   # see Receiver.poll
                 return (size, address)
+        target: Union[bytearray, memoryview]
         if type(buffer) is bytearray and type(nbytes) is int and nbytes == 0:
             target, size = buffer, len(buffer)
         else:
             target, size = _writable_bytes(buffer, nbytes)
         if not size:
             self._check_usable()
-            return (0, None)
+            # Typed as an address, so that callers need not test for None: only a buffer with
+            # room for 0 bytes gets here.
+            return (0, None)  # type: ignore[return-value]
         return self._receive(target, size)
 
-    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+    def recv_into(self, buffer: WritableBuffer, nbytes: int = 0) -> int:
         return self.recvfrom_into(buffer, nbytes)[0]
 
-    def _receive(self, target, nbytes):
+    # (bytes, address) without a target, else (count copied, address)
+    def _receive(self, target: Union[bytearray, memoryview, None],
+                 nbytes: int) -> Tuple[Any, Address]:
         receiver = self._receiver
         if self._closed:
             raise SocketClosedError()
@@ -463,7 +513,7 @@ class UdpcapSocket:
 
     # -- statistics and lifetime -------------------------------------------------------------
 
-    def statistics(self) -> Dict[str, Any]:
+    def statistics(self) -> StatisticsSnapshot:
         """A dict of this socket's counters (see :class:`~udpcap_ctypes._stats.Statistics`)."""
         receiver = self._receiver
         if receiver is not None and not self._closed:
@@ -495,11 +545,11 @@ class UdpcapSocket:
         if receiver is not None:
             receiver.shutdown()
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self._closed:
             raise SocketClosedError()
 
-    def _check_usable(self):
+    def _check_usable(self) -> None:
         if self._closed:
             raise SocketClosedError()
         if self._receiver is None:
@@ -508,10 +558,10 @@ class UdpcapSocket:
     def __enter__(self) -> "UdpcapSocket":
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         # An open socket that is garbage-collected: warn, as a socket does, and release it.
         if getattr(self, "_closed", True):
             return
@@ -521,13 +571,13 @@ class UdpcapSocket:
         except Exception:
             pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else ("bound to %s:%d" % self._sockname
                                                if self._sockname else "unbound")
         return "<UdpcapSocket %s>" % state
 
 
-def _writable_bytes(buffer, nbytes):
+def _writable_bytes(buffer: WritableBuffer, nbytes: int) -> Tuple[memoryview, int]:
     """``(target, nbytes)`` for recvfrom_into: a writable byte view of *buffer*."""
     nbytes = _bufsize(nbytes, "recvfrom_into")
     view = memoryview(buffer)
@@ -542,11 +592,11 @@ def _writable_bytes(buffer, nbytes):
     return view, nbytes
 
 
-def _on(interface):
+def _on(interface: int) -> str:
     return " on interface %s" % ip_text(interface) if interface else ""
 
 
-def _parse_mreq(value, platform):
+def _parse_mreq(value: OptionValue, platform: _platform.Platform) -> Tuple[str, Optional[str]]:
     """``(group, interface or None)`` from an ``ip_mreq`` (group, interface address) or Linux
     ``ip_mreqn`` (group, address, interface index) as bytes."""
     raw = bytes(value)
