@@ -31,15 +31,15 @@ def batch(frames):
     return out
 
 
-def walk(linktype, frames, fast_path, verify=False):
+def walk(linktype, frames, fast_path, verify=False, ports=frozenset({PORT})):
     parse = _packet.make_batch_parser(linktype, fast_path=fast_path)
     stats = Statistics()
     found = []
     view = memoryview(batch(frames))
-    end = parse(view, 0, len(frames), PORT, stats, verify, found)
+    end = parse(view, 0, len(frames), ports, stats, verify, found)
     assert end == len(view)
     # Views compare by identity; compare what they point at instead.
-    result = [(e[0], e[1], e[2], e[3], e[4], e[5]) for e in found]
+    result = [e[:7] for e in found]
     return result, stats.snapshot()
 
 
@@ -107,3 +107,16 @@ def test_random_and_mutated_frames_same_on_both_paths(seed):
         fast = walk(linktype, frames, True)
         assert fast == walk(linktype, frames, False)
         assert fast[0], "the mix must contain deliverable datagrams"
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_shared_capture_keeps_every_port_it_is_given(fast_path):
+    """A capture shared by sockets on several ports walks the batch once for all of them:
+    each datagram comes with its destination port, other ports are counted and dropped."""
+    linktype = FAST_LINKTYPES[0]
+    frames = [P.wrap(linktype, datagram(dport=port)) for port in
+              (PORT, PORT + 1, PORT + 2, PORT + 1, PORT)]
+    found, stats = walk(linktype, frames, fast_path, ports=frozenset({PORT, PORT + 1}))
+    assert [entry[3] for entry in found] == [PORT, PORT + 1, PORT + 1, PORT]
+    assert stats["not_for_us"] == 1
+

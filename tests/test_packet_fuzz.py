@@ -29,7 +29,8 @@ import packets as P
 from udpcap_ctypes import _capture, _platform
 from udpcap_ctypes._packet import FRAGMENT, UDP, make_link_parser, parse_ipv4, parse_udp
 from udpcap_ctypes._reassembly import Reassembler
-from udpcap_ctypes._receiver import Receiver, _OpenCapture
+from udpcap_ctypes._receiver import Receiver, Subscription
+from udpcap_ctypes._shared_capture import SharedCapture
 from udpcap_ctypes._stats import Statistics
 from udpcap_ctypes.udpcap_socket import Options
 
@@ -276,13 +277,14 @@ class ListBatchReader(_capture.BatchReader):
     header + captured bytes) from :attr:`start` (0) in one fixed buffer behind :attr:`view` and
     returns their count, exactly the contract of ``DumpBatchReader``/``NextExReader``; bytes
     of earlier batches stay behind the end, as they do in the real buffer.  Before every batch
-    it checks the reassembly memory against its cap.
+    it checks the reassembly memory of its capture against its cap.
     """
 
-    def __init__(self, frames, rng, receiver, watch):
+    shared = None        # the SharedCapture reading it (set once that exists)
+
+    def __init__(self, frames, rng, watch):
         self._frames = collections.deque(frames)
         self._rng = rng
-        self._receiver = receiver
         self._watch = watch
         self._buffer = bytearray(1 << 20)
         self.view = memoryview(self._buffer)
@@ -292,10 +294,10 @@ class ListBatchReader(_capture.BatchReader):
         return len(self._frames)
 
     def refill(self):
-        pending = self._receiver.reassembler.pending_bytes
+        pending = self.shared.reassembler.pending_bytes
         self._watch["max_pending"] = max(self._watch["max_pending"], pending)
         assert pending <= self._watch["cap"]
-        assert self._receiver.stats.pending_bytes == pending
+        assert self.shared.stats.pending_bytes == pending
         frames = self._frames
         buf = self._buffer
         pos = count = 0
@@ -311,6 +313,8 @@ class ListBatchReader(_capture.BatchReader):
 
 
 class ListCapture:
+    handle = None                 # no native handle: no drops to ask for
+
     def __init__(self, linktype, reader):
         self.linktype = linktype
         self.reader = reader
@@ -387,13 +391,14 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
     stats = Statistics()
     receiver = Receiver(FakePosixPlatform(), stats, Options(verify_udp_checksum=verify))
     receiver.configure([fuzz_device()], 0, PORT, {(GROUP, 0)})
-    cap = inspect.signature(Reassembler.__init__).parameters["max_bytes"].default
+    # Each capture reassembles on its own; a cap below the default lets the flood reach it.
+    cap = inspect.signature(Reassembler.__init__).parameters["max_bytes"].default // 2
     watch = {"max_pending": 0, "cap": cap, "read": 0}
 
     linktypes = [P.DLT_EN10MB, P.DLT_LINUX_SLL2, P.DLT_LINUX_SLL, P.DLT_NULL, P.DLT_RAW]
     streams = {lt: [] for lt in linktypes}
     noise_pool = make_pool(rng, NOISE_SRCS, 300)
-    flood_keys = [(rng.choice(NOISE_SRCS), 40000 + k) for k in range(100)]
+    flood_keys = [(rng.choice(NOISE_SRCS), 40000 + k) for k in range(300)]
     flood = flood_fragments(rng, flood_keys, 6000)
     expected = collections.Counter()
     intact_count = 0
@@ -402,7 +407,8 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
     def noise_frame(linktype):
         while True:
             r = rng.random()
-            if r < 0.5 and flood:
+            # The flood goes to one capture (one reassembler), so that it reaches the cap.
+            if flood and linktype == P.DLT_EN10MB and r < 0.9:
                 frame = link_frame(rng, linktype, flood.pop())
             else:
                 lt, base, ip = noise_pool[rng.randrange(len(noise_pool))]
@@ -447,11 +453,18 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
         streams[linktype].extend(block)
 
     fed = 0
+    shared_captures = []
     for linktype in linktypes:
         fed += len(streams[linktype])
-        reader = ListBatchReader(streams[linktype], rng, receiver, watch)
-        receiver.captures.append(_OpenCapture(ListCapture(linktype, reader), fuzz_device(),
-                                              _platform.NO_OWN_FRAMES, own_on_egress=True))
+        reader = ListBatchReader(streams[linktype], rng, watch)
+        shared = SharedCapture(ListCapture(linktype, reader), fuzz_device(),
+                               _platform.NO_OWN_FRAMES, own_on_egress=True, verify=verify,
+                               reassembly_limits={"max_bytes": cap})
+        reader.shared = shared
+        subscription = Subscription(receiver, shared)
+        shared.add(subscription)
+        receiver.captures.append(subscription)
+        shared_captures.append(shared)
 
     got = collections.Counter()
     noise_deliveries = 0
@@ -470,6 +483,7 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
             got[(data, src, sport)] += 1
         else:
             noise_deliveries += 1          # a valid datagram hidden in the noise: allowed
+    receiver.settle_stats()       # the socket's counters, from its captures' and its own
     expected = collections.Counter({k: v for k, v in expected.items() if v})
     missing = expected - got
     extra = got - expected
@@ -486,8 +500,9 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
                    "fragment_offset"):
         assert stats.malformed[reason] > 0, reason
     assert stats.fragments_unwanted > 0
-    receiver.close()
-    assert receiver.reassembler.pending_bytes == 0
+    for shared in shared_captures:
+        shared.close()
+        assert shared.reassembler.pending_bytes == 0
 
 
 def link_frame_intact(rng, linktype, packet):

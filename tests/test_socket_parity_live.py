@@ -21,6 +21,7 @@ import pytest
 
 from test_socket_support import Background, UdpcapSocket, nslib, open_socket, udp_socket
 from udpcap_ctypes import NotBoundError, SocketClosedError
+from udpcap_ctypes.udpcap_socket import DEFAULT_RECEIVE_BUFFER
 
 PORT = 15400
 
@@ -70,7 +71,7 @@ def test_positional_family_and_type_attributes_and_getsockopt(stack):
     stack.callback(kernel.close)
     assert (sock.family, sock.type) == (kernel.family, kernel.type)
     assert isinstance(sock.family, socket.AddressFamily)
-    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 16 << 20
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == DEFAULT_RECEIVE_BUFFER
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 4 << 20
     assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP) == 1

@@ -233,7 +233,7 @@ def emulated_event_waiter():
 
 def test_event_waiter_chunks_wakes_resets_and_times_out(machine, netns):
     result = machine().call(netns, emulated_event_waiter)
-    assert result["groups"] == 3                          # 130 handles in chunks of 61
+    assert result["groups"] == 3                          # 130 handles in chunks of 60
     assert result["timeout"] == [False, True]             # never early
     assert result["poll"] is False
     assert result["late_chunk"] is True

@@ -92,6 +92,9 @@ class _OfflineCapture:
         self.reader = _capture.DumpBatchReader(self._fns, platform.libc, self.handle,
                                                self._fns.pcap_snapshot(self.handle))
 
+    def drops(self):
+        return 0                          # a savefile drops nothing
+
     def close(self):
         self.reader.close()
         self._fns.pcap_close(self.handle)
@@ -106,7 +109,8 @@ def open_offline_socket(path):
     from udpcap_ctypes import UdpcapSocket
     from udpcap_ctypes._capture import Device
     from udpcap_ctypes._platform import NO_OWN_FRAMES
-    from udpcap_ctypes._receiver import Receiver, _OpenCapture
+    from udpcap_ctypes._receiver import Receiver, Subscription
+    from udpcap_ctypes._shared_capture import SharedCapture
     sock = UdpcapSocket(coalesce=0)
     platform = sock._platform
     if platform.libc is None:
@@ -114,9 +118,11 @@ def open_offline_socket(path):
     receiver = Receiver(platform, sock._stats, sock._options)
     device = Device(path, None, 0, [], loopback=True)
     receiver.configure([device], 0x7F000001, PORT)
-    capture = _OfflineCapture(platform, path)
-    receiver.captures.append(_OpenCapture(capture, device, NO_OWN_FRAMES,
-                                          platform.own_multicast_seen_on == "egress"))
+    shared = SharedCapture(_OfflineCapture(platform, path), device, NO_OWN_FRAMES,
+                           platform.own_multicast_seen_on == "egress")
+    subscription = Subscription(receiver, shared)
+    shared.add(subscription)
+    receiver.captures.append(subscription)
     sock._receiver = receiver
     sock._ready = receiver.ready
     sock._sockname = DESTINATION

@@ -129,7 +129,7 @@ class Capture:
     """
 
     def __init__(self, fns, device_name, snaplen, buffer_size, immediate=True, promiscuous=True,
-                 timeout_ms=1, libc=None, filter_resets_counters=False):
+                 timeout_ms=1, libc=None, filter_resets_counters=False, batch_size=None):
         self._fns = fns
         self.device_name = device_name
         self.buffer_size = buffer_size
@@ -155,9 +155,9 @@ class Capture:
             self.linktype = fns.pcap_datalink(self.handle)
             self.snaplen = fns.pcap_snapshot(self.handle)
             if libc is not None and getattr(fns, "pcap_dump_fopen", None):
-                self.reader = DumpBatchReader(fns, libc, self.handle, self.snaplen)
+                self.reader = DumpBatchReader(fns, libc, self.handle, self.snaplen, batch_size)
             else:
-                self.reader = NextExReader(fns, self.handle, self.snaplen)
+                self.reader = NextExReader(fns, self.handle, self.snaplen, batch_size)
         except BaseException:
             self.close()
             raise
@@ -245,6 +245,7 @@ class BatchReader:
     """
 
     BUFFER_SIZE = 2 << 20
+    MAX_BATCH = 64          # frames per refill at most: several devices stay fair
     view = None
     start = 0
     exhausted = True
@@ -254,6 +255,11 @@ class BatchReader:
 
     def consumed(self, end):
         """The caller has walked the batch up to *end*."""
+
+    def renew(self):
+        """Write the next batches into a new buffer and never touch the current one again:
+        datagrams queued as views into it stay valid for as long as they are referenced."""
+        raise NotImplementedError
 
     def close(self):
         pass
@@ -266,8 +272,9 @@ class NextExReader(BatchReader):
     ``max_batch`` frames per refill keep several devices fair.
     """
 
-    def __init__(self, fns, handle, snaplen, size=None, max_batch=64):
-        size = size or max(self.BUFFER_SIZE, 2 * (snaplen + 16))
+    def __init__(self, fns, handle, snaplen, size=None, max_batch=BatchReader.MAX_BATCH):
+        # At least two records of the snaplen (see refill's room check).
+        size = max(size or self.BUFFER_SIZE, 2 * (snaplen + 16))
         self._fns = fns
         self._next_ex = fns.pcap_next_ex
         self._handle = handle
@@ -275,11 +282,15 @@ class NextExReader(BatchReader):
         self._header_address = ctypes.c_void_p.from_buffer(self._header)   # aliases it
         self._data = ctypes.c_void_p()
         self._args = (handle, ctypes.byref(self._header), ctypes.byref(self._data))
-        self._buffer = ctypes.create_string_buffer(size)
-        self._address = ctypes.addressof(self._buffer)
-        self.view = memoryview(self._buffer).cast("B")
+        self._size = size
         self._room = size - 16 - snaplen        # a record may start at any pos <= _room
         self._max_batch = max_batch
+        self.renew()
+
+    def renew(self):
+        self._buffer = ctypes.create_string_buffer(self._size)
+        self._address = ctypes.addressof(self._buffer)
+        self.view = memoryview(self._buffer).cast("B")
 
     def refill(self):
         pos = count = 0
@@ -321,29 +332,38 @@ class DumpBatchReader(BatchReader):
     MIN_BATCH = 16
 
     def __init__(self, fns, libc, handle, snaplen, size=None):
-        size = size or max(self.BUFFER_SIZE, 4 * self.MIN_BATCH * (snaplen + 16))
+        # At least one batch of MIN_BATCH snaplen records (a count of 0 would mean "all" to
+        # pcap_dispatch); by default MAX_BATCH of them.
+        size = max(size or self.MAX_BATCH * (snaplen + 16), self.MIN_BATCH * (snaplen + 16))
         self._fns = fns
         self._libc = libc
         self._handle = handle
-        self._buffer = ctypes.create_string_buffer(size)
-        self.view = memoryview(self._buffer).cast("B")
         self._size = size
         self._record = 16 + snaplen
         self._dispatch = fns.pcap_dispatch
         self._fseek = libc.fseek
         self._callback = ctypes.cast(fns.pcap_dump, ctypes.c_void_p).value
         self._dumper = None
-        stream = libc.fmemopen(self._buffer, size, b"w")
+        self.renew()
+
+    def renew(self):
+        libc, fns = self._libc, self._fns
+        buffer = ctypes.create_string_buffer(self._size)
+        stream = libc.fmemopen(buffer, self._size, b"w")
         if not stream:
             raise PcapError(ctypes.get_errno() or errno.ENOMEM, "fmemopen failed")
         libc.setvbuf(stream, None, _IONBF, 0)
-        self._stream = stream
         try:
-            self._dumper = fns.pcap_dump_fopen(handle, stream)   # now owns the stream
+            dumper = fns.pcap_dump_fopen(self._handle, stream)   # now owns the stream
         except BaseException:
             libc.fclose(stream)
             raise
         self._fseek(stream, 0, 0)           # overwrite the savefile header it wrote
+        self.close()                        # the old stream; its buffer lives on in views
+        self._buffer = buffer
+        self.view = memoryview(buffer).cast("B")
+        self._stream = stream
+        self._dumper = dumper
         self._write = 0                     # where the stream will write next
 
     def refill(self):

@@ -15,7 +15,19 @@ from __future__ import annotations
 
 import struct
 import sys
-from typing import Any, Callable, Dict, Final, Iterable, List, Literal, Optional, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Container,
+    Dict,
+    Final,
+    Iterable,
+    List,
+    Literal,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from . import _pcap
 from ._stats import Statistics
@@ -33,10 +45,12 @@ LinkParser = Callable[[Buffer, int, int, Statistics], int]
 # f(buf, start) -> True for a frame this host sent (see make_outgoing_test)
 OutgoingTest = Callable[[Buffer, int], bool]
 # What a batch walker appends (see the comment above make_batch_parser)
-BatchEntry = Union[Tuple[int, int, int, int, int, int, memoryview],
-                   Tuple[None, FragmentResult, None, int, int, int, memoryview]]
-# parse_batch(view, pos, count, port, stats, verify, datagrams) -> offset past the last record
-BatchParser = Callable[[memoryview, int, int, int, Statistics, bool, List[BatchEntry]], int]
+BatchEntry = Union[Tuple[int, int, int, int, int, int, int, memoryview],
+                   Tuple[None, FragmentResult, None, int, int, int, int, memoryview]]
+# The destination ports a batch walker keeps (anything with ``in``: a frozenset).
+Ports = Container[int]
+# parse_batch(view, pos, count, ports, stats, verify, datagrams) -> offset past the last record
+BatchParser = Callable[[memoryview, int, int, Ports, Statistics, bool, List[BatchEntry]], int]
 
 UDP: Final = 1
 FRAGMENT: Final = 2
@@ -278,12 +292,12 @@ def make_outgoing_test(linktype: int, own_macs: Iterable[Buffer] = ()) -> Outgoi
 # ---------------------------------------------------------------------------------------------
 # Batches.  A capture batch is a run of savefile records (16-byte header ``ts_sec, ts_usec,
 # caplen, len`` in native order, then ``caplen`` bytes).  make_batch_parser(linktype) returns
-# parse_batch(view, pos, count, port, stats, verify, datagrams) which walks ``count`` records
-# from ``pos`` once
-# and appends to ``datagrams``, in frame order:
-#   (src, dst, sport, payload_first, payload_last, frame_start, view) for every complete UDP
-#       datagram to ``port``;
-#   (None, fragment_result, None, 0, 0, frame_start, view) for every IPv4 fragment (the
+# parse_batch(view, pos, count, ports, stats, verify, datagrams) which walks ``count`` records
+# from ``pos`` once and appends to ``datagrams``, in frame order:
+#   (src, dst, sport, dport, payload_first, payload_last, frame_start, view) for every complete
+#       UDP datagram to one of ``ports`` (a frozenset: a capture shared by several sockets
+#       keeps all their ports);
+#   (None, fragment_result, None, 0, 0, 0, frame_start, view) for every IPv4 fragment (the
 #       caller reassembles them in place, so datagrams complete in order).
 # It returns the offset just past the last record.  Everything else is counted and dropped.
 #
@@ -325,7 +339,7 @@ def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
         marker_a, marker_b = markers[0], markers[-1]
     caplen_at = _record_caplen.unpack_from
 
-    def parse_batch(view: memoryview, pos: int, count: int, port: int, stats: Statistics,
+    def parse_batch(view: memoryview, pos: int, count: int, ports: Ports, stats: Statistics,
                     verify: bool, datagrams: List[BatchEntry]) -> int:
         append = datagrams.append
         for _ in range(count):
@@ -341,13 +355,14 @@ def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
                     if 20 <= total <= caplen - ip_offset:
                         ip = start + ip_offset
                         if not w1 & 0x3FFF:
-                            if dport == port and 8 <= ulen <= total - 20 and not verify:
-                                append((src, dst, sport, ip + 28, ip + 20 + ulen, start, view))
+                            if dport in ports and 8 <= ulen <= total - 20 and not verify:
+                                append((src, dst, sport, dport, ip + 28, ip + 20 + ulen, start,
+                                        view))
                                 continue
                         else:
                             append((None, (FRAGMENT, src, dst, w1 >> 16, (w1 & 0x1FFF) << 3,
                                            bool(w1 & 0x2000), ip + 20, ip + total),
-                                    None, 0, 0, start, view))
+                                    None, 0, 0, 0, start, view))
                             continue
             # The general path: every other frame, with exact accounting.
             ip = parse_link(view, start, pos, stats)
@@ -357,12 +372,13 @@ def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
             if parsed is None:
                 continue
             if parsed[0] == UDP:
-                if parsed[4] != port:
+                if parsed[4] not in ports:
                     stats.not_for_us += 1
                     continue
-                append((parsed[1], parsed[2], parsed[3], parsed[5], parsed[6], start, view))
+                append((parsed[1], parsed[2], parsed[3], parsed[4], parsed[5], parsed[6], start,
+                        view))
             else:
-                append((None, parsed, None, 0, 0, start, view))
+                append((None, parsed, None, 0, 0, 0, start, view))
         return pos
 
     return parse_batch

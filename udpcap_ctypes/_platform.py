@@ -118,11 +118,13 @@ class Platform(abc.ABC):
         """Open and activate a capture on *device*, with this platform's snaplen, ring size,
         batch reader and settings.  Raises OSError (explained, see :meth:`explain_open_error`)."""
         snaplen = self.snaplen_for(device)
+        ring = self.ring_size(buffer_size, snaplen, immediate)
         try:
             capture = _capture.Capture(
-                self.fns, device.name, snaplen, self.ring_size(buffer_size, snaplen, immediate),
-                immediate=immediate, promiscuous=promiscuous, libc=self.libc,
-                filter_resets_counters=self.filter_resets_counters)
+                self.fns, device.name, snaplen, ring, immediate=immediate,
+                promiscuous=promiscuous, libc=self.libc,
+                filter_resets_counters=self.filter_resets_counters,
+                batch_size=self.batch_size(ring, snaplen, immediate))
         except OSError as exc:
             raise self.explain_open_error(exc) from None
         try:
@@ -144,6 +146,28 @@ class Platform(abc.ABC):
     def ring_size(self, requested, snaplen, immediate):
         """Capture buffer bytes to ask libpcap for, given the user's *requested* size."""
         return requested
+
+    # The capture buffer when the socket does not ask for one (see default_ring).  Npcap and
+    # BSD BPF pack frames by their length: 1 MiB holds about 700 frames of 1,400 bytes and
+    # thousands of small ones -- more than a default kernel socket keeps (Linux: 256 of the
+    # smallest, 92 of 1,400 bytes in rmem_default's 212,992 bytes), and what Npcap itself
+    # defaults to (1,000,000 bytes, udpcap's choice too).  On Windows it is nonpaged pool.
+    DEFAULT_RING = 1 << 20
+
+    def default_ring(self, device, immediate):
+        """The capture buffer (bytes) for *device* when the socket has not set one."""
+        return self.DEFAULT_RING
+
+    def network_namespace(self):
+        """What tells this thread's network namespace apart, where devices of one name can
+        be different devices (Linux); None elsewhere.  Part of a shared capture's key."""
+        return None
+
+    def batch_size(self, ring, snaplen, immediate):
+        """Bytes of the batch reader's buffer for a capture of *ring* bytes: what the ring
+        can hand over at once, at most BatchReader.BUFFER_SIZE (the reader raises it to the
+        least it needs for its snaplen)."""
+        return min(_capture.BatchReader.BUFFER_SIZE, ring)
 
     def ring_frames(self, ring, snaplen, immediate):
         """How many frames a capture buffer of *ring* bytes holds, when that is fixed by
@@ -264,6 +288,37 @@ class LinuxPlatform(PosixPlatform):
 
     def ring_frames(self, ring, snaplen, immediate):
         return self.ring_layout(ring, snaplen)[0] if immediate else None
+
+    # Immediate mode: as many frames as a default kernel socket keeps of the smallest
+    # datagrams (rmem_default 212,992 bytes hold 256 on lo), and at least 1 MiB.  On an
+    # MTU-1500 link that is 1 MiB (662 frames, 1 MiB of memory); on lo 256 frames of 65,632
+    # bytes, each in a 128 KiB block (32 MiB of memory, the most any default costs).
+    # TPACKET_V3 (immediate=False) packs frames into blocks: 2 MiB holds thousands.
+    DEFAULT_RING_FRAMES = 256
+    DEFAULT_RING_V3 = 2 << 20
+
+    def network_namespace(self):
+        # A thread's namespace (setns moves threads, not processes): "lo" in another one is
+        # another device.
+        try:
+            return os.stat("/proc/thread-self/ns/net").st_ino
+        except OSError:
+            return None
+
+    def default_ring(self, device, immediate):
+        if not immediate:
+            return self.DEFAULT_RING_V3
+        return max(self.DEFAULT_RING, self.DEFAULT_RING_FRAMES
+                   * self._frame(self.snaplen_for(device)))
+
+    def batch_size(self, ring, snaplen, immediate):
+        if not immediate:
+            return super().batch_size(ring, snaplen, immediate)
+        # Records are 16 bytes of header plus at most the snaplen; a batch is at most
+        # MAX_BATCH frames and never more than the ring holds: 101 KiB on an MTU-1500 link,
+        # 4 MiB on lo.
+        frames = min(self.ring_layout(ring, snaplen)[0], _capture.BatchReader.MAX_BATCH)
+        return frames * (16 + snaplen)
 
     def own_frames(self, device, capture):
         # Our own multicast shows up as outgoing frames: keep them out of the ring unless the
@@ -408,14 +463,17 @@ class PollWaiter:
 
     def __init__(self, captures):
         self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
+        self._notify_read, self._notify_write = os.pipe()
+        for fd in (self._read_fd, self._write_fd, self._notify_read, self._notify_write):
+            os.set_blocking(fd, False)
+        self._notified = False
+        self._notify_lock = threading.Lock()
         self.set_captures(captures)
 
     def set_captures(self, captures):
         """Wait on these captures from now on (a thread already waiting finishes its wait on
         the old set)."""
-        fds = [self._read_fd]
+        fds = [self._read_fd, self._notify_read]
         needs_slices = False
         for capture in captures:
             fd = capture.selectable_fd()
@@ -431,6 +489,27 @@ class PollWaiter:
     def wake_fd(self):
         """Readable once :meth:`wake` was called (for :class:`Readiness`)."""
         return self._read_fd
+
+    def notify(self):
+        """Make waits return until :meth:`clear_notify` (any thread): another socket's thread
+        read a shared capture and queued datagrams for this socket.  Under a lock with
+        :meth:`clear_notify`, so that the pipe holds a byte exactly while the flag is set (a
+        stale byte would make every wait return at once)."""
+        with self._notify_lock:
+            if not self._notified and self._notify_write >= 0:
+                self._notified = True
+                os.write(self._notify_write, b"x")
+
+    def clear_notify(self):
+        """The receiver is about to look at its queue: later notifications count again."""
+        if self._notified:
+            with self._notify_lock:
+                if self._notified:
+                    self._notified = False
+                    try:
+                        os.read(self._notify_read, 64)
+                    except OSError:
+                        pass
 
     def _new_poll(self):
         poll = select.poll()
@@ -464,12 +543,14 @@ class PollWaiter:
             pass          # already woken (pipe full) or closing
 
     def close(self):
-        for fd in (self._read_fd, self._write_fd):
+        with self._notify_lock:
+            fds = (self._read_fd, self._write_fd, self._notify_read, self._notify_write)
+            self._read_fd = self._write_fd = self._notify_read = self._notify_write = -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._read_fd = self._write_fd = -1
 
 
 _MAX_POLL_MS = 2 ** 31 - 1
@@ -494,6 +575,7 @@ class Readiness:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self._flag = False
+        self._lock = threading.Lock()
         self._fds = set()
         self._watch({self._read})
 
@@ -523,17 +605,24 @@ class Readiness:
         self._fds = fds
 
     def set(self):
+        """Readable from now on (any thread: another socket's may queue for this one).  The
+        flag and the pipe's byte change together under a lock: a stale byte would leave the
+        fd readable with nothing to read, and a selector loop would spin."""
         if not self._flag:
-            self._flag = True
-            os.write(self._write, b"x")
+            with self._lock:
+                if not self._flag:
+                    self._flag = True
+                    os.write(self._write, b"x")
 
     def clear(self):
         if self._flag:
-            self._flag = False
-            try:
-                os.read(self._read, 64)
-            except BlockingIOError:
-                pass
+            with self._lock:
+                if self._flag:
+                    self._flag = False
+                    try:
+                        os.read(self._read, 64)
+                    except BlockingIOError:
+                        pass
 
     def close(self):
         self._poller.close()

@@ -1,77 +1,115 @@
 """The private implementation behind :class:`~udpcap_ctypes.UdpcapSocket`.
 
-A :class:`Receiver` owns, for one bound socket: the open captures (one per device), their BPF
-filters, the waiter, the reassembler, the kernel helper sockets, the rules that decide which
-parsed datagram is delivered, and receiving itself -- waiting, interrupt moderation and the
-close handshake.  The public socket adds argument checking, the socket-shaped surface and the
-lock-free fast path for datagrams already queued.
+A :class:`Receiver` owns, for one bound socket: its subscriptions to the process's shared
+captures (one per device, see ``_shared_capture``), its part of their BPF filters, the waiter,
+the kernel helper sockets, the rules that decide which parsed datagram is delivered to it, its
+queue, and receiving itself -- waiting, interrupt moderation and the close handshake.  The
+public socket adds argument checking, the socket-shaped surface and the lock-free fast path
+for datagrams already queued.
 
 Setting up is two steps: :meth:`Receiver.configure` (pure: the rules for a bind over a list of
 devices) and :meth:`Receiver.open` (the captures, the waiter, the helper sockets).
 
-Locking: ``io_lock`` is held while frames are read or filters are swapped, never while waiting,
-so ``join``/``leave``/``set_multicast_loopback`` from other threads wait at most one batch.
+Locking: ``io_lock`` is held while this socket reads its captures or changes its filters,
+never while waiting, so ``join``/``leave``/``set_multicast_loopback`` from other threads wait
+at most one batch.  A capture's own lock comes after ``io_lock``.  Another socket's thread
+reading a shared capture appends to :attr:`Receiver.ready` (deque appends are atomic) and
+wakes this socket's waiter (:meth:`Receiver.notify`).
 """
 
 import collections
 import errno
 import logging
 import socket
-import struct
 import threading
 import time
 
-from . import _fixes, _packet, _pcap
+from . import _fixes, _packet
 from ._kernel_sockets import MembershipHolder, PortGuard
 from ._net import ip_text
-from ._reassembly import Reassembler
+from ._shared_capture import REGISTRY, SharedCapture
 from .errors import PcapError, SocketClosedError
 
 log = logging.getLogger(__name__)
 
-_u16 = struct.Struct("!H")
 _monotonic = time.monotonic
 _ADDRESS_CACHE_LIMIT = 4096
 _CLOSE_WAIT = 2.0       # how long shutdown() waits for woken receivers to leave their wait
+# What a queued datagram costs beyond its payload, for the queue limit: the 4-tuple (72
+# bytes) and the bytes object's header (33), rounded up, as a kernel counts an skb's truesize.
+ENTRY_OVERHEAD = 128
+
+# The socket's counters that its subscriptions keep (see settle_stats) ...
+SUBSCRIPTION_COUNTERS = ("accepted", "accepted_bytes", "own_multicast_dropped",
+                         "queue_dropped")
+# ... those its captures keep, reported as counted since the socket subscribed ...
+CAPTURE_COUNTERS = ("frames", "not_for_us", "fragments", "reassembled", "reassembly_timeouts",
+                    "reassembly_evictions", "fragments_unwanted")
+# ... and the reassembly gauges of its captures, reported as they are now.
+CAPTURE_GAUGES = ("pending_datagrams", "pending_bytes")
 
 
 def is_multicast(address):
     return address >> 28 == 0xE
 
 
-class _OpenCapture:
-    """A capture plus what the delivery rules need to know about its device."""
+class Subscription:
+    """One receiver's place in one :class:`~._shared_capture.SharedCapture`, with the
+    counters of what it accepted there (written by whichever thread reads the capture, under
+    the capture's lock) and the capture's counters when it subscribed."""
 
-    __slots__ = ("capture", "device", "parse_link", "is_own", "is_loopback", "own",
-                 "filter_text", "view", "reader", "parse_batch", "check_own", "addresses")
+    __slots__ = ("receiver", "shared", "accepted", "accepted_bytes", "not_for_us",
+                 "own_multicast_dropped", "queue_dropped", "base", "malformed_base",
+                 "drops_base")
 
-    def __init__(self, capture, device, own, own_on_egress):
-        """*own*: how this host's frames look here (``_platform.OwnFrames``)."""
-        self.capture = capture
-        self.device = device
-        self.addresses = frozenset(address for address, _m, _b in device.ipv4)
-        self.is_loopback = device.loopback
-        self.own = own
-        self.parse_link = _packet.make_link_parser(capture.linktype)
-        self.is_own = _packet.make_outgoing_test(capture.linktype, own.macs)
-        # Must a frame's direction be asked before delivering unicast?  (See Receiver._fill.)
-        self.check_own = own_on_egress and (bool(own.macs) or capture.linktype in (
-            _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
-        self.parse_batch = _packet.make_batch_parser(capture.linktype)
-        self.filter_text = None
-        self.reader = capture.reader
-        self.view = capture.reader.view
+    def __init__(self, receiver, shared):
+        self.receiver = receiver
+        self.shared = shared
+        self.accepted = 0
+        self.accepted_bytes = 0
+        self.not_for_us = 0
+        self.own_multicast_dropped = 0
+        self.queue_dropped = 0
+        stats = shared.stats
+        self.base = {name: getattr(stats, name) for name in CAPTURE_COUNTERS}
+        self.malformed_base = dict(stats.malformed)
+        self.drops_base = shared.capture.drops() if shared.capture.handle else 0
+
+    @property
+    def capture(self):
+        return self.shared.capture
+
+    @property
+    def device(self):
+        return self.shared.device
+
+    @property
+    def filter_text(self):
+        """The filter in force on the shared capture (the union of its subscribers')."""
+        return self.shared.filter_text
+
+    def drops(self):
+        """Capture drops since this subscription began (shared: every subscriber sees them)."""
+        capture = self.shared.capture
+        return capture.drops() - self.drops_base if capture.handle else 0
 
 
 class Receiver:
     """Captures, delivery rules and receiving of one bound socket."""
 
-    def __init__(self, platform, stats, options):
+    def __init__(self, platform, stats, options, queue_limit=None, ring_size=None,
+                 registry=REGISTRY):
+        """*queue_limit*: bytes of datagrams other sockets' reads may queue here (None: no
+        limit); *ring_size*: the capture buffer to ask for (None: the platform's default for
+        each device)."""
         self.platform = platform
         self.stats = stats
         self.options = options
+        self.registry = registry
+        self.queue_limit = queue_limit
+        self.ring_size = ring_size
         self.io_lock = threading.Lock()
-        self.captures = []
+        self.captures = []              # Subscriptions, in read order (rotated for fairness)
         self.chosen = []                # the devices to open (configure)
         self.waiter = None
         self.port = 0
@@ -87,8 +125,11 @@ class Receiver:
         self.port_guard = None
         self._addresses = {}            # (src << 16 | sport) -> ("a.b.c.d", sport)
         self.ready = collections.deque()  # (buffer, first, last, address) to hand out
-        self.reassembler = Reassembler(stats, max_age=options.reassembly_timeout,
-                                       wanted=self._wanted_first_fragment)
+        # Admission of copies queued by any thread (see _admit): an upper bound of the bytes
+        # queued, made exact only when it reaches the limit.
+        self._queue_lock = threading.Lock()
+        self._queued_bound = 0
+        self._full_at = None
         self._verify_udp = options.verify_udp_checksum
         self._own_on_egress = platform.own_multicast_seen_on == "egress"
         # Read the captures before every wait?  Needed where the wait cannot see frames the
@@ -102,8 +143,7 @@ class Receiver:
                          if options.coalesce is None else options.coalesce)
         self.coalescing = False
         self._last_fill = 0.0
-        self.lost = []                  # captures whose device went away (closed on close())
-        self._lost_drops = 0            # their drop counts when they went
+        self.lost = []                  # subscriptions whose capture failed (kept for counts)
         self.failure = None             # (errno, text) once no capture is left to read
         # The close handshake: one token per thread inside receive() (deque append/pop are
         # atomic), so that shutdown() can wake them and wait for them to leave.
@@ -142,9 +182,10 @@ class Receiver:
                 self.check_interface(interface)
         self._set_memberships(memberships)
 
-    def open(self, buffer_size, readiness=None):
-        """Open and filter a capture on every chosen device (see :meth:`configure`), then the
-        waiter and the helper sockets.
+    def open(self, readiness=None):
+        """Subscribe to a shared capture on every chosen device (see :meth:`configure`),
+        opening the ones this process does not have yet, then make the waiter and the
+        helper sockets.
 
         A device that fails to open is logged, counted (``devices_failed``) and left out when
         the socket can do without it: any device of a bind to 0.0.0.0, the loopback device of
@@ -155,7 +196,7 @@ class Receiver:
             failure = None
             for device in self.chosen:
                 try:
-                    opened = self._open_capture(device, buffer_size)
+                    subscription = self._subscribe(device)
                 except OSError as exc:
                     if not (address == 0 or address >> 24 != 127 and device.loopback):
                         raise
@@ -165,21 +206,22 @@ class Receiver:
                                 exc)
                     failure = failure or exc
                     continue
-                self.captures.append(opened)
-                self._apply_filter(opened)
+                self.captures.append(subscription)
             if not self.captures:
                 raise failure or OSError(errno.ENODEV, "no capture device could be opened")
+            self.waiter = self.platform.make_waiter([c.capture for c in self.captures],
+                                                    self.options.immediate)
             # Between activation and the filter, the ring took whatever the device carried; on a
             # busy loopback that can fill it and drop the first datagrams for us.  libpcap runs
             # the new filter over those frames in user space, so reading them now keeps what is
             # ours (queued) and frees the ring.
-            while self._fill():
-                pass
-            self.waiter = self.platform.make_waiter([c.capture for c in self.captures],
-                                                    self.options.immediate)
+            with self.io_lock:
+                while self._fill():
+                    pass
             if readiness is not None:
                 self.attach_readiness(readiness)
-            self.platform.groups_joined(self.groups, self.captures, self.multicast_loopback)
+            self.platform.groups_joined(self.groups, [c.shared for c in self.captures],
+                                        self.multicast_loopback)
             hold = self.options.hold_memberships
             if hold is None:
                 hold = self.platform.hold_memberships_default()
@@ -203,17 +245,54 @@ class Receiver:
         log.debug("bound %s:%d on %s", ip_text(address), port,
                   ", ".join(c.device.name for c in self.captures))
 
-    def _open_capture(self, device, buffer_size):
-        """Open one device through the platform: an :class:`_OpenCapture` (not yet filtered).
+    def _subscribe(self, device):
+        """Join the process's shared capture on *device* (opening it when there is none with
+        this socket's settings): a :class:`Subscription`, with the union filter installed."""
+        options = self.options
+        key = (id(self.platform), self.platform.network_namespace(), device.name,
+               self.ring_size, options.immediate, options.promiscuous, self._verify_udp,
+               options.reassembly_timeout)
+        registry = self.registry
+        with registry.lock:
+            shared = registry.find(key)
+            if shared is None:
+                shared = self._open_shared(device, key)
+                registry.register(key, shared)
+            subscription = Subscription(self, shared)
+            with shared.lock:
+                if shared.subscriptions:
+                    try:
+                        shared.drain(_monotonic())       # the others' frames, under old rules
+                    except PcapError as exc:
+                        log.debug("draining %s before a new subscriber: %s", device.name, exc)
+                shared.add(subscription)
+                try:
+                    shared.refilter()
+                except BaseException:
+                    shared.remove(subscription)
+                    if not shared.subscriptions:
+                        registry.forget(shared)
+                        shared.close()
+                    raise
+            registry.track(self)
+        return subscription
+
+    def _open_shared(self, device, key):
+        """Open a capture on *device* through the platform: a :class:`SharedCapture` with no
+        subscriber and no filter yet.
 
         A device that refuses promiscuous mode is opened again without it, with a warning
         (multicast may then arrive only for groups some local socket has joined).
         """
-        promiscuous = self.options.promiscuous
+        platform = self.platform
+        options = self.options
+        promiscuous = options.promiscuous
+        ring = self.ring_size
+        if ring is None:
+            ring = platform.default_ring(device, options.immediate)
         while True:
             try:
-                capture = self.platform.open_capture(device, buffer_size,
-                                                     self.options.immediate, promiscuous)
+                capture = platform.open_capture(device, ring, options.immediate, promiscuous)
                 break
             except OSError as exc:
                 if (not promiscuous or isinstance(exc, PermissionError)
@@ -223,8 +302,9 @@ class Receiver:
                             exc)
                 promiscuous = False
         try:
-            return _OpenCapture(capture, device, self.platform.own_frames(device, capture),
-                                self._own_on_egress)
+            return SharedCapture(capture, device, platform.own_frames(device, capture),
+                                 self._own_on_egress, self._verify_udp,
+                                 options.reassembly_timeout, key)
         except _packet.UnsupportedLinkType as exc:
             capture.close()
             raise OSError(errno.EPROTONOSUPPORT, "cannot capture on %s: %s"
@@ -233,30 +313,46 @@ class Receiver:
             capture.close()
             raise
 
-    def filter_expression(self, opened):
-        """The BPF filter for one capture (also shown by ``check --verbose``)."""
-        port = self.port
-        group_terms = ["dst host %s" % ip_text(g) for g in sorted(self._groups_for(opened))]
+    def _unsubscribe(self, subscription):
+        """Leave a shared capture; the last subscriber closes it.  Those that remain get
+        what it holds under the old filter, then the narrower one."""
+        shared = subscription.shared
+        registry = self.registry
+        with registry.lock:
+            with shared.lock:
+                shared.remove(subscription)
+                if not shared.subscriptions:
+                    registry.forget(shared)
+                    shared.close()
+                    return
+                if shared.failure is None:
+                    try:
+                        shared.drain(_monotonic())
+                        shared.refilter()
+                    except PcapError as exc:
+                        log.debug("re-filtering %s after a subscriber left: %s",
+                                  shared.device.name, exc)
+
+    def filter_terms(self, shared):
+        """This socket's part of *shared*'s filter: ``(own-frames clause or None,
+        destinations, port)`` (see ``_shared_capture.union_filter``)."""
+        group_terms = ["dst host %s" % ip_text(g) for g in sorted(self._groups_for(shared))]
         if self.bound_address:
             destinations = ["dst host %s" % ip_text(self.bound_address)] + group_terms
         else:
             # Any unicast (the parser keeps only local addresses) and joined groups only.
             destinations = ["not dst net 224.0.0.0/4"] + group_terms
-        text = ("udp and (%s) and (dst port %d or ip[6:2] & 0x1fff != 0)"
-                % (" or ".join(destinations), port))
-        own = opened.own.clause(self.multicast_loopback)
-        if own:
-            text = "(%s) and %s" % (own, text)
-        return text
+        return (shared.own.clause(self.multicast_loopback), " or ".join(destinations),
+                self.port)
 
-    def _groups_for(self, opened):
+    def _groups_for(self, shared):
         """The groups a capture may deliver: those joined on any interface or on one of its
         device's addresses (the loopback device carries this host's own multicast, whichever
         interface it was sent on)."""
-        if opened.is_loopback:
+        if shared.is_loopback:
             return self.groups
         return [group for group, where in self.group_interfaces.items()
-                if 0 in where or where & opened.addresses]
+                if 0 in where or where & shared.addresses]
 
     def _set_memberships(self, memberships):
         pairs = frozenset(memberships)
@@ -279,40 +375,21 @@ class Receiver:
         self.readiness = readiness
         readiness.watch(self.waiter, [c.capture for c in self.captures])
 
-    def _apply_filter(self, opened):
-        text = self.filter_expression(opened)
-        if text != opened.filter_text:
-            opened.capture.set_filter(text)
-            opened.filter_text = text
-
-    def _drain(self, opened):
-        """Queue the datagrams a capture holds now, under the delivery rules in force.
-
-        Called before a join, leave or loopback change: Npcap discards pending frames when the
-        filter changes, libpcap on Linux filters frames still in the ring with the new filter,
-        and a socket delivers what was queued before the change.  The frames are copied out
-        (``pending_records``) because queued datagrams may still point into the batch
-        reader's buffer.
-        """
-        records, count = opened.capture.pending_records()
-        if count:
-            self.stats.frames += count
-            view = memoryview(records)
-            datagrams = []
-            opened.parse_batch(view, 0, count, self.port, self.stats, self._verify_udp,
-                               datagrams)
-            if datagrams:
-                self._queue(opened, view, datagrams, _monotonic())
-
     def update(self, memberships=None, multicast_loopback=None):
         """Swap the memberships (``(group, interface)`` pairs) and/or the loopback flag;
-        refilter every capture (any thread)."""
+        refilter every capture (any thread).  What the captures hold is delivered first,
+        under the rules in force until now (see ``SharedCapture.drain``)."""
         with self.io_lock:
-            for opened in list(self.captures):
+            now = _monotonic()
+            for subscription in list(self.captures):
+                shared = subscription.shared
                 try:
-                    self._drain(opened)
+                    with shared.lock:
+                        if shared.failure is not None:
+                            raise shared.failure
+                        shared.drain(now)
                 except PcapError as exc:
-                    self._lose(opened, exc)
+                    self._lose(subscription, exc)
             old_groups, old_pairs = self.groups, self.membership_pairs
             if memberships is not None:
                 self._set_memberships(memberships)
@@ -323,10 +400,12 @@ class Receiver:
                         self.memberships.leave(group, interface)
             if multicast_loopback is not None:
                 self.multicast_loopback = multicast_loopback
-            for opened in self.captures:
-                self._apply_filter(opened)
+            for subscription in self.captures:
+                with subscription.shared.lock:
+                    subscription.shared.refilter()
             fresh = (self.groups - old_groups if multicast_loopback is None else self.groups)
-            self.platform.groups_joined(fresh, self.captures, self.multicast_loopback)
+            self.platform.groups_joined(fresh, [c.shared for c in self.captures],
+                                        self.multicast_loopback)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -413,9 +492,6 @@ class Receiver:
         with self.io_lock:           # waits for a fast-path poll() to finish
             self.close()
 
-    def _wanted_first_fragment(self, udp_header):
-        return _u16.unpack_from(udp_header, 2)[0] == self.port
-
     def poll(self, target, nbytes):
         """Hand out the next deliverable datagram.  Caller holds ``io_lock``.
 
@@ -444,76 +520,113 @@ class Receiver:
         return (last - first, address)
 
     def settle_stats(self):
-        """Make ``delivered``/``delivered_bytes`` count handed-out datagrams only."""
+        """Bring the socket's counters up to date: what its subscriptions accepted, what its
+        captures counted since it subscribed, and ``delivered``/``delivered_bytes`` for the
+        datagrams handed out (accepted minus still queued)."""
         with self.io_lock:
             stats = self.stats
-            stats.delivered = stats.accepted - len(self.ready)
+            subscriptions = self.captures + self.lost
+            for name in SUBSCRIPTION_COUNTERS:
+                setattr(stats, name, sum(getattr(s, name) for s in subscriptions))
+            for name in CAPTURE_COUNTERS:
+                total = sum(getattr(s.shared.stats, name) - s.base[name] for s in subscriptions)
+                if name == "not_for_us":
+                    total += sum(s.not_for_us for s in subscriptions)
+                setattr(stats, name, total)
+            for name in CAPTURE_GAUGES:
+                setattr(stats, name, sum(getattr(s.shared.reassembler, name)
+                                         for s in self.captures))
+            for reason in stats.malformed:
+                stats.malformed[reason] = sum(s.shared.stats.malformed[reason]
+                                              - s.malformed_base[reason] for s in subscriptions)
+            ready = list(self.ready)
+            stats.delivered = stats.accepted - len(ready)
             stats.delivered_bytes = stats.accepted_bytes - sum(
-                last - first for _b, first, last, _a in self.ready)
+                last - first for _b, first, last, _a in ready)
 
     def _fill(self):
-        """Read batches from the captures, round robin, until one yields a deliverable datagram
-        (True) or every capture is empty (False).
+        """Read batches from the captures, round robin, until this socket has a datagram
+        (True) or every capture is empty (False).  Caller holds ``io_lock``.
 
-        A batch stays valid until the next refill of its capture, which happens only once
-        :attr:`ready` is empty again.  The pure batch parser finds the UDP datagrams to our
-        port; this loop applies the delivery rules and queues what passes.  It runs once per
-        wake-up, so it is written for few bytecodes: at low rates its cost is latency.
+        Each batch goes to every subscriber of its capture (``SharedCapture.read``); other
+        sockets' threads may also have queued datagrams here meanwhile.  A batch stays valid
+        until the next refill of its capture, which for an unshared capture happens only once
+        :attr:`ready` is empty again.  It runs once per wake-up, so it is written for few
+        bytecodes: at low rates its cost is latency.
         """
-        stats = self.stats
-        now = _monotonic()
-        datagrams = []
-        captures = self.captures
+        ready = self.ready
+        waiter = self.waiter
+        if waiter is not None:
+            waiter.clear_notify()       # looking at the queue now: later notices count again
         if self.readiness is not None:
             self.readiness.clear()      # reading everything now: the fds speak from here on
-        for turn, opened in enumerate(captures):
+        if ready:
+            return True                 # queued by another socket's read
+        now = _monotonic()
+        captures = self.captures
+        for turn, subscription in enumerate(captures):
             # Drain this capture until a batch yields something or it is empty: on Windows the
             # read event is not signalled again for frames libpcap already holds, so waiting
             # with frames left behind could sleep on data that has arrived.
-            reader = opened.reader
+            shared = subscription.shared
             try:
-                found = reader.refill()
-                while found:
-                    stats.frames += found
-                    view = opened.view
-                    reader.consumed(opened.parse_batch(view, reader.start, found, self.port,
-                                                       stats, self._verify_udp, datagrams))
-                    if datagrams and self._queue(opened, view, datagrams, now):
-                        if len(captures) > 1:       # the next fill starts with the next capture
-                            self.captures = captures[turn + 1:] + captures[:turn + 1]
-                        if self.coalesce:
-                            # Coalesce once the capture is empty, if frames come more than one
-                            # per wake-up or closer together than two coalescing delays.
-                            self.coalescing = reader.exhausted and (
-                                found > 1 or now - self._last_fill < 2.0 * self.coalesce)
-                            self._last_fill = now
-                        return True
-                    found = reader.refill()
+                with shared.lock:
+                    if shared.failure is not None:
+                        raise shared.failure
+                    found = shared.read(now, self)
+                    while found:
+                        if ready:
+                            if len(captures) > 1:    # the next fill starts with the next one
+                                self.captures = captures[turn + 1:] + captures[:turn + 1]
+                            if self.coalesce:
+                                # Coalesce once the capture is empty, if frames come more
+                                # than one per wake-up or closer together than two delays.
+                                self.coalescing = shared.reader.exhausted and (
+                                    found > 1 or now - self._last_fill < 2.0 * self.coalesce)
+                                self._last_fill = now
+                            return True
+                        found = shared.read(now, self)
             except PcapError as exc:
-                self._lose(opened, exc)
+                if shared.failure is None:
+                    shared.fail(exc)
+                self._lose(subscription, exc)
                 return self._fill()
         self.coalescing = False
+        if ready:
+            return True
         if self.failure is not None:
             raise OSError(*self.failure)
         return False
 
-    def _lose(self, opened, exc):
+    def notify(self):
+        """Another socket's thread queued datagrams here: wake a waiting receive, and make
+        ``fileno()`` readable (any thread)."""
+        waiter = self.waiter
+        if waiter is not None:
+            waiter.notify()
+        readiness = self.readiness
+        if readiness is not None:
+            readiness.set()
+
+    def _lose(self, subscription, exc):
         """A capture failed while reading (its device went away): receive on without it.
 
-        The capture stays open until :meth:`close` -- another thread may be waiting on its
-        event or fd at this moment -- but it is out of the read rotation and the waiter.  When
-        nothing is left, or the socket was bound to that device's address, every receive
-        raises ``ENETDOWN`` from now on.
+        The capture stays open until its last subscriber leaves -- another thread may be
+        waiting on its event or fd at this moment -- but it is out of the read rotation and
+        the waiter.  When nothing is left, or the socket was bound to that device's address,
+        every receive raises ``ENETDOWN`` from now on.
         """
-        self.captures = [c for c in self.captures if c is not opened]
-        self.lost.append(opened)
+        if subscription not in self.captures:
+            return
+        self.captures = [c for c in self.captures if c is not subscription]
+        self.lost.append(subscription)
         self.stats.devices_lost += 1
-        self._lost_drops += opened.capture.drops()      # as last known: counters stay monotonic
+        device = subscription.device
         bound_here = self.bound_address and any(
-            address == self.bound_address for address, _m, _b in opened.device.ipv4)
+            address == self.bound_address for address, _m, _b in device.ipv4)
         if self.captures and not bound_here:
             log.warning("stopped capturing on %s (%s); receiving goes on on %s",
-                        opened.device.name, exc, ", ".join(c.device.name for c in self.captures))
+                        device.name, exc, ", ".join(c.device.name for c in self.captures))
             if self.waiter is not None:
                 self.waiter.set_captures([c.capture for c in self.captures])
             if self.readiness is not None:
@@ -522,7 +635,7 @@ class Receiver:
         self.captures = []
         self.failure = (errno.ENETDOWN, "cannot receive: the capture on %s failed (%s)%s. Fix: "
                         "bind a new socket once the interface is back"
-                        % (opened.device.name, exc, "" if bound_here else
+                        % (device.name, exc, "" if bound_here else
                            ", and no other device is left"))
         log.warning("%s", self.failure[1])
         if self.waiter is not None:
@@ -530,35 +643,38 @@ class Receiver:
         if self.readiness is not None:
             self.readiness.set()
 
-    def _queue(self, opened, view, datagrams, now):
-        """Apply the delivery rules to one parsed batch and queue what passes; True if any."""
-        stats = self.stats
-        ready = self.ready
-        append = ready.append
+    def queue_views(self, shared, subscription, view, datagrams, now):
+        """Apply the delivery rules to one parsed batch of a capture that only this socket
+        reads, and queue what passes as views into the batch.  Called under the capture's
+        lock by the reading thread; fragments are completed in their place in the batch, so
+        datagrams are queued in the order they complete, as a socket would."""
+        append = self.ready.append
         addresses = self._addresses
         bound = self.bound_address
         local = self.local_addresses
-        check_own = opened.check_own
-        queued = len(ready)
-        queued_bytes = 0
-        for src, dst, sport, first, last, start, buf in datagrams:
+        check_own = shared.check_own
+        # Count what is left out, not what is queued: the common datagram costs no counter.
+        skipped = queued_bytes = 0
+        for src, dst, sport, _dport, first, last, start, buf in datagrams:
             if src is None:
-                # A fragment, in its place in the batch so that datagrams are queued in the
-                # order they complete, as a socket would.
-                completed = self._reassemble(dst, view, now)
+                completed = shared.reassemble(dst, view, now, start)
                 if completed is None:
+                    skipped += 1
                     continue
-                src, dst, sport, first, last, buf = completed
-            # Delivery rules; the common case (incoming unicast) inline.
-            if dst >> 28 == 0xE or (check_own and opened.is_own(view, start)):
-                if not self._accepts_special(dst, opened, view, start):
+                src, dst, sport, _dport, first, last, start, buf = completed
+            # Delivery rules; the common case (incoming unicast) inline (see _accepts).
+            if dst >> 28 == 0xE or (check_own and shared.is_own(view, start)):
+                if not self._accepts_special(dst, shared, subscription, view, start):
+                    skipped += 1
                     continue
             elif bound:
                 if dst != bound:
-                    stats.not_for_us += 1
+                    subscription.not_for_us += 1
+                    skipped += 1
                     continue
             elif dst not in local and dst >> 24 != 127:
-                stats.not_for_us += 1
+                subscription.not_for_us += 1
+                skipped += 1
                 continue
             key = (src << 16) | sport
             address = addresses.get(key)
@@ -566,46 +682,102 @@ class Receiver:
                 address = self._address(key, src, sport)
             queued_bytes += last - first
             append((buf, first, last, address))
-        datagrams.clear()
-        queued = len(ready) - queued
+        queued = len(datagrams) - skipped
+        if queued:
+            subscription.accepted += queued
+            subscription.accepted_bytes += queued_bytes
+
+    def queue_copies(self, shared, subscription, view, datagrams):
+        """Apply the delivery rules to datagrams for this socket's port from a shared
+        capture's batch, and queue copies of what passes, within :attr:`queue_limit`
+        (``queue_dropped`` counts the rest).  Called under the capture's lock by whichever
+        thread reads it.  True when anything was queued."""
+        append = self.ready.append
+        addresses = self._addresses
+        queued = queued_bytes = 0
+        for src, dst, sport, _dport, first, last, start, buf in datagrams:
+            if not self._accepts(dst, shared, subscription, view, start):
+                continue
+            size = last - first
+            if not self._admit(size):
+                subscription.queue_dropped += 1
+                continue
+            if buf is view:
+                # Out of the batch buffer, which the next read of the capture -- by any
+                # socket's thread -- may overwrite while this datagram waits.
+                buf = bytes(view[first:last])
+                first, last = 0, size
+            key = (src << 16) | sport
+            address = addresses.get(key)
+            if address is None:
+                address = self._address(key, src, sport)
+            queued += 1
+            queued_bytes += size
+            append((buf, first, last, address))
         if not queued:
             return False
-        stats.accepted += queued
-        stats.accepted_bytes += queued_bytes
+        subscription.accepted += queued
+        subscription.accepted_bytes += queued_bytes
         return True
 
-    def _reassemble(self, parsed, view, now):
-        """Feed one fragment; ``(src, dst, sport, first, last, buffer)`` when it completes a
-        UDP datagram to our port, else None."""
-        _, src, dst, ident, offset, more, first, last = parsed
-        segment = self.reassembler.add(src, dst, ident, offset, more, view[first:last], now)
-        if segment is None:
-            return None
-        udp = _packet.parse_udp(segment, src, dst, self.stats, self._verify_udp)
-        if udp is None:
-            return None
-        if udp[4] != self.port:
-            self.stats.not_for_us += 1
-            return None
-        return (src, dst, udp[3], udp[5], udp[6], memoryview(segment))
+    def _admit(self, size):
+        """May a datagram of *size* bytes join the queue without passing :attr:`queue_limit`?
 
-    def _accepts_special(self, dst, opened, buf, start):
+        Each queued datagram counts its payload plus ENTRY_OVERHEAD (the tuple and the bytes
+        object), as a kernel counts an skb's truesize.  The bound grows with every admission
+        and is recomputed from the queue only when it reaches the limit; a queue found full
+        is not recounted until it got shorter, so an unread socket costs O(1) a datagram.
+        """
+        limit = self.queue_limit
+        if limit is None:
+            return True
+        cost = size + ENTRY_OVERHEAD
+        with self._queue_lock:
+            bound = self._queued_bound + cost
+            if bound > limit:
+                queued = list(self.ready)            # a consistent snapshot (made in C)
+                if self._full_at is not None and len(queued) >= self._full_at:
+                    return False
+                bound = cost + sum(last - first + ENTRY_OVERHEAD
+                                   for _b, first, last, _a in queued)
+                if bound > limit:
+                    self._full_at = len(queued)
+                    self._queued_bound = bound - cost
+                    return False
+                self._full_at = None
+            self._queued_bound = bound
+            return True
+
+    def _accepts(self, dst, shared, subscription, view, start):
+        """The delivery rules for one datagram on *shared* (see ``queue_views``, which has
+        the common case inline)."""
+        if dst >> 28 == 0xE or (shared.check_own and shared.is_own(view, start)):
+            return self._accepts_special(dst, shared, subscription, view, start)
+        if self.bound_address:
+            if dst == self.bound_address:
+                return True
+        elif dst in self.local_addresses or dst >> 24 == 127:
+            return True
+        subscription.not_for_us += 1
+        return False
+
+    def _accepts_special(self, dst, shared, subscription, buf, start):
         """Delivery rules for multicast, and for frames this host sent itself."""
         if dst >> 28 == 0xE:
             where = self.group_interfaces.get(dst)
-            if where is None or (0 not in where and not opened.is_loopback
-                                 and not where & opened.addresses):
-                self.stats.not_for_us += 1      # not joined, or joined on another interface
+            if where is None or (0 not in where and not shared.is_loopback
+                                 and not where & shared.addresses):
+                subscription.not_for_us += 1   # not joined, or joined on another interface
                 return False
             if self._own_on_egress:
-                own = opened.is_own(buf, start)
+                own = shared.is_own(buf, start)
             else:
-                own = opened.is_loopback
+                own = shared.is_loopback
             if own and not self.multicast_loopback:
-                self.stats.own_multicast_dropped += 1
+                subscription.own_multicast_dropped += 1
                 return False
             return True
-        self.stats.not_for_us += 1             # unicast this host sent elsewhere
+        subscription.not_for_us += 1            # unicast this host sent elsewhere
         return False
 
     def _address(self, key, src, sport):
@@ -615,19 +787,34 @@ class Receiver:
         return address
 
     def capture_drops(self):
+        """Frames the captures of this socket dropped since it subscribed (a shared
+        capture's drops count for every socket that uses it)."""
         with self.io_lock:
-            return self._lost_drops + sum(c.capture.drops() for c in self.captures
-                                          if c.capture.handle)
+            return sum(c.drops() for c in self.captures + self.lost)
 
-    def close(self):
-        """Release captures, waiter and kernel sockets.  Idempotent."""
-        for opened in self.captures + self.lost:
-            try:
-                opened.capture.close()
-            except Exception:                    # pragma: no cover - best effort on close
-                log.exception("closing capture on %s", opened.device.name)
+    def inherited_by_fork(self):
+        """Called in a child process after ``os.fork()``: the captures belong to the parent.
+        Drop them without closing (closing would take down the parent's ring); every receive
+        raises from now on."""
         self.captures = []
         self.lost = []
+        self.ready.clear()
+        self.waiter = None
+        self.drain_before_wait = True         # read (and raise) instead of waiting
+        self.failure = (errno.EBADF, "this UdpcapSocket was created before os.fork(): its "
+                        "captures belong to the parent process. Fix: create UdpcapSocket "
+                        "objects in the child, after the fork")
+
+    def close(self):
+        """Leave the shared captures and release the waiter and kernel sockets.  Idempotent."""
+        subscriptions = self.captures + self.lost
+        self.captures = []
+        self.lost = []
+        for subscription in subscriptions:
+            try:
+                self._unsubscribe(subscription)
+            except Exception:                    # pragma: no cover - best effort on close
+                log.exception("leaving the capture on %s", subscription.device.name)
         if self.waiter is not None:
             self.waiter.close()
             self.waiter = None
@@ -637,7 +824,6 @@ class Receiver:
         if self.port_guard is not None:
             self.port_guard.close()
             self.port_guard = None
-        self.reassembler.clear()
         self.ready.clear()
 
 

@@ -43,6 +43,7 @@ class StatisticsSnapshot(TypedDict):
     truncated_deliveries: int
     not_for_us: int
     own_multicast_dropped: int
+    queue_dropped: int
     malformed: Dict[str, int]
     fragments: int
     reassembled: int
@@ -64,7 +65,7 @@ class Statistics:
     __slots__ = (
         "frames", "accepted", "accepted_bytes", "delivered", "delivered_bytes",
         "truncated_deliveries", "not_for_us",
-        "own_multicast_dropped", "malformed", "fragments", "reassembled",
+        "own_multicast_dropped", "queue_dropped", "malformed", "fragments", "reassembled",
         "reassembly_timeouts", "reassembly_evictions", "fragments_unwanted",
         "pending_datagrams", "pending_bytes", "capture_drops", "coalesced_waits",
         "devices_failed", "devices_lost",
@@ -79,6 +80,7 @@ class Statistics:
         self.truncated_deliveries = 0    # datagrams cut to the caller's buffer
         self.not_for_us = 0              # well-formed, but other port/address/group
         self.own_multicast_dropped = 0   # own multicast while multicast loopback is off
+        self.queue_dropped = 0           # datagrams over the receive buffer size, not queued
         self.malformed = dict.fromkeys(MALFORMED_REASONS, 0)
         self.fragments = 0               # IPv4 fragments received
         self.reassembled = 0             # datagrams completed from fragments

@@ -41,11 +41,11 @@ WAIT_ABANDONED_0 = 0x00000080
 WAIT_TIMEOUT = 0x00000102
 WAIT_FAILED = 0xFFFFFFFF
 MAXIMUM_WAIT_OBJECTS = 64
-#: Device handles per wait.  With the waiter's wake event that is 62 handles: the most that
-#: ``_winapi.WaitForMultipleObjects`` accepts on every Python (62 before 3.9.7, bpo-40263; 63
-#: after), which adds the Ctrl-C event itself on the main thread -- at most 63 of the 64
-#: (MAXIMUM_WAIT_OBJECTS) a wait can take.
-WAIT_CHUNK = 61
+#: Device handles per wait.  With the waiter's wake and notify events that is 62 handles: the
+#: most that ``_winapi.WaitForMultipleObjects`` accepts on every Python (62 before 3.9.7,
+#: bpo-40263; 63 after), which adds the Ctrl-C event itself on the main thread -- at most 63
+#: of the 64 (MAXIMUM_WAIT_OBJECTS) a wait can take.
+WAIT_CHUNK = 60
 #: With more than :data:`WAIT_CHUNK` device handles, each chunk is waited on for this long in
 #: turn (milliseconds).  Each wait blocks (no CPU is used); the price is up to
 #: ``(chunks - 1) * WAIT_SLICE_MS`` extra latency for a device in a later chunk.
@@ -514,8 +514,10 @@ class EventWaiter:
     """Waits until a capture device has data, :meth:`wake` is called, or a timeout passes.
 
     The device handles are the events from ``pcap_getevent`` (owned by pcap: never closed
-    here), set with :meth:`set_captures`.  The waiter adds its own manual-reset wake event, so
-    one wait covers up to :data:`WAIT_CHUNK` devices.  With more, the handles are split into
+    here), set with :meth:`set_captures`.  The waiter adds two manual-reset events of its own,
+    wake (permanent: ``close()``) and notify (another socket's thread queued datagrams for
+    this one: :meth:`notify`, :meth:`clear_notify`), so one wait covers up to
+    :data:`WAIT_CHUNK` devices.  With more, the handles are split into
     chunks and each chunk (plus the wake event) is waited on in turn for
     :data:`WAIT_SLICE_MS`: every wait blocks, so idle costs no CPU, and :meth:`wake` still ends
     the wait at once; a device in a later chunk may be noticed up to
@@ -541,6 +543,13 @@ class EventWaiter:
         self._winapi = winapi if winapi is not None else _import_winapi()
         self._main_thread = threading.main_thread().ident
         self._wake = api.create_event(manual_reset=True, initial_state=False)
+        try:
+            self._notify = api.create_event(manual_reset=True, initial_state=False)
+        except BaseException:
+            api.close_handle(self._wake)
+            raise
+        self._notified = False
+        self._notify_lock = threading.Lock()
         self._groups = []
         self._set_handles(handles)
 
@@ -554,11 +563,12 @@ class EventWaiter:
         if any(not handle for handle in handles):
             raise ValueError("a NULL event handle cannot be waited on")
         groups = []
+        own = (self._wake, self._notify)
         for start in range(0, len(handles), WAIT_CHUNK):
-            chunk = handles[start:start + WAIT_CHUNK] + (self._wake,)
+            chunk = handles[start:start + WAIT_CHUNK] + own
             groups.append(((ctypes.c_void_p * len(chunk))(*chunk), chunk))
         if not groups:
-            groups.append(((ctypes.c_void_p * 1)(self._wake), (self._wake,)))
+            groups.append(((ctypes.c_void_p * len(own))(*own), own))
         self._handles = handles
         self._groups = groups
 
@@ -614,13 +624,32 @@ class EventWaiter:
         if not self._closed:
             self._api.set_event(self._wake)
 
+    def notify(self):
+        """Make waits return until :meth:`clear_notify` (any thread): another socket's thread
+        read a shared capture and queued datagrams for this socket."""
+        with self._notify_lock:
+            if not self._notified and not self._closed:
+                self._notified = True
+                self._api.set_event(self._notify)
+
+    def clear_notify(self):
+        """The receiver is about to look at its queue: later notifications count again."""
+        if self._notified:
+            with self._notify_lock:
+                if self._notified and not self._closed:
+                    self._notified = False
+                    self._api.reset_event(self._notify)
+
     def close(self):
-        """Close the wake event (idempotent).  The device handles belong to pcap."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close the wake and notify events (idempotent).  The device handles belong to
+        pcap."""
+        with self._notify_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._groups = []
         self._api.close_handle(self._wake)
+        self._api.close_handle(self._notify)
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,14 +52,17 @@ MIN_RECEIVE_BUFFER = 65535
 MAX_RECEIVE_BUFFER = 2 ** 31 - 1
 # What an unbound socket "has queued": nothing.
 _NOTHING_QUEUED: Deque[_Queued] = collections.deque()
-# The capture ring per device.  In immediate mode Linux cuts it into frames sized from the
-# MTU (LinuxPlatform.ring_layout): 16 MiB holds 10,592 frames on an MTU-1500 link and 256
-# datagrams on lo (MTU 65536, one 65,632-byte frame per 128 KiB block: 32 MiB of memory).
-DEFAULT_RECEIVE_BUFFER = 16 << 20
+# SO_RCVBUF of a socket that did not set one: the most its queue holds of datagrams that
+# other sockets' reads of a shared capture queued for it (payload plus 128 bytes each).  Its
+# captures then are the process's shared ones with the platform's default rings
+# (Platform.default_ring); a size set with set_receive_buffer_size is both the queue limit and
+# the ring asked for on every device (captures shared only with sockets of that size).
+DEFAULT_RECEIVE_BUFFER = 4 << 20
 # The longest timeout socket.settimeout takes: CPython keeps it in int64 nanoseconds.
 _MAX_TIMEOUT = (2 ** 63 - 1) / 1e9
 
-MAX_COALESCE = 0.01   # seconds; longer would need more capture buffer than the default holds
+# Seconds; at 60,000 datagrams/s, 10 ms fill the default 1 MiB ring of an MTU-1500 link.
+MAX_COALESCE = 0.01
 
 
 def _flag(name: str, value: object, optional: bool = False) -> Any:
@@ -221,6 +224,7 @@ class UdpcapSocket:
         self._receiver: Optional[Receiver] = None
         self._timeout: Optional[float] = None
         self._buffer_size = DEFAULT_RECEIVE_BUFFER
+        self._buffer_size_set = False       # set_receive_buffer_size was called
         self._memberships: Set[Tuple[int, int]] = set()  # (group, interface address or 0), as ints
         self._multicast_loopback = True
         self._sockname: Optional[Address] = None
@@ -240,7 +244,11 @@ class UdpcapSocket:
     # -- configuration -----------------------------------------------------------------------
 
     def set_receive_buffer_size(self, size: int) -> None:
-        """Capture buffer size in bytes (``SO_RCVBUF``); only before :meth:`bind`."""
+        """Receive buffer size in bytes (``SO_RCVBUF``); only before :meth:`bind`.
+
+        It is the capture buffer asked for on every device, and the most this socket's queue
+        holds of datagrams other sockets' reads queued for it.  Unset, the platform sizes
+        each device's buffer (see README "Buffer sizes") and the queue holds 4 MiB."""
         self._check_open()
         size = operator.index(size)
         if size < MIN_RECEIVE_BUFFER:
@@ -253,6 +261,7 @@ class UdpcapSocket:
             raise OSError(errno.EINVAL, "set the receive buffer size before bind(): the capture "
                                         "buffer is allocated when the device is opened")
         self._buffer_size = size
+        self._buffer_size_set = True
 
     def set_multicast_loopback(self, enabled: Union[bool, int]) -> None:
         """Deliver datagrams this host sends to joined groups (default True)."""
@@ -405,10 +414,12 @@ class UdpcapSocket:
                               % self._sockname)  # type: ignore[str-format]  # set with _receiver
             if port == 0:
                 port = free_udp_port(ip_text(host_int))
-            receiver = Receiver(self._platform, self._stats, self._options)
+            receiver = Receiver(self._platform, self._stats, self._options,
+                                queue_limit=self._buffer_size,
+                                ring_size=self._buffer_size if self._buffer_size_set else None)
             receiver.configure(self._platform.devices(), host_int, port, self._memberships,
                                self._multicast_loopback)
-            receiver.open(self._buffer_size, self._readiness)
+            receiver.open(self._readiness)
             self._receiver = receiver
             self._ready = receiver.ready
             self._sockname = (ip_text(host_int), port)

@@ -1,0 +1,292 @@
+"""One capture per device per process, shared by every socket that needs it.
+
+A kernel socket costs next to nothing until data arrives; a capture costs a ring, a batch
+buffer and, on Npcap, a BPF program run on every frame in the driver.  So the sockets of one
+process that capture on the same device with the same settings share one
+:class:`SharedCapture`, as the kernel shares one receive path among its sockets:
+
+* its BPF filter is the union of its subscribers' filters (:func:`union_filter`);
+* a batch is read and parsed once, by whichever receiving thread gets the capture's lock, and
+  every datagram goes to the queue of each subscriber whose delivery rules accept it (several
+  sockets on one port each get it, as on a kernel socket);
+* IPv4 fragments are reassembled once, for every subscriber;
+* frame-level counters (frames, malformed, fragments, reassembly, capture drops) are the
+  capture's: a socket reports what its captures counted since it subscribed.
+
+While a capture has one subscriber, datagrams are queued as views into its batch buffer (the
+payload is copied once, into the caller's buffer), as before sharing.  With more, every
+datagram is copied out of the batch when it is queued: another socket's thread may refill the
+batch buffer while this socket's datagrams wait, and an unread socket must not hold the batch
+for everyone.  The moment a second subscriber arrives, the reader switches to a fresh buffer
+(``BatchReader.renew``), so views queued before stay valid.
+
+The registry (:class:`CaptureRegistry`) maps a key -- platform, device, capture settings -- to
+the open :class:`SharedCapture`; the last unsubscriber closes it.  After ``os.fork()`` the
+child forgets every capture without closing it (closing would tear down the parent's ring)
+and opens its own for the sockets it creates.
+
+Locking: a capture's ``lock`` is held while it is read, parsed, delivered from, drained or
+re-filtered.  A receiver takes its own ``io_lock`` before a capture's lock, never after; the
+registry's lock comes before a capture's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+
+from . import _packet, _pcap
+from ._reassembly import Reassembler
+from ._stats import Statistics
+
+log = logging.getLogger(__name__)
+
+
+
+class SharedCapture:
+    """A capture on one device and everything read from it that does not depend on the
+    socket: link parsing, the batch walk, reassembly, frame counters.
+
+    *own* is the platform's ``OwnFrames`` for the device; *own_on_egress* says whether this
+    host's multicast shows up as outgoing frames on the sending device (Linux) rather than on
+    the loopback device (Npcap).  *reassembly_limits*: ``Reassembler`` keyword arguments
+    (``max_bytes``, ``max_datagrams``) other than its defaults.
+    """
+
+    def __init__(self, capture, device, own, own_on_egress, verify=False,
+                 reassembly_timeout=30.0, key=None, reassembly_limits=None):
+        self.capture = capture
+        self.device = device
+        self.key = key
+        self.lock = threading.Lock()
+        self.addresses = frozenset(address for address, _m, _b in device.ipv4)
+        self.is_loopback = device.loopback
+        self.own = own
+        self.is_own = _packet.make_outgoing_test(capture.linktype, own.macs)
+        # Must a frame's direction be asked before delivering unicast?  (See Receiver._queue.)
+        self.check_own = own_on_egress and (bool(own.macs) or capture.linktype in (
+            _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
+        self.parse_batch = _packet.make_batch_parser(capture.linktype)
+        self.reader = capture.reader
+        self.stats = Statistics()
+        self.verify = verify
+        self.reassembler = Reassembler(self.stats, max_age=reassembly_timeout,
+                                       wanted=self._wanted, **(reassembly_limits or {}))
+        self.subscriptions = ()         # replaced, never mutated: readers iterate without a lock
+        self.ports = frozenset()
+        self.by_port = {}               # port -> (subscription, ...)
+        self.filter_text = None
+        self.failure = None             # the PcapError that ended reading, once it has
+        self.closed = False
+
+    def __repr__(self):
+        return "<SharedCapture %s, %d subscribers>" % (self.device.name,
+                                                      len(self.subscriptions))
+
+    # -- subscribers (caller holds self.lock) -----------------------------------------------
+
+    def add(self, subscription):
+        """Add a subscriber.  The second one switches deliveries to copies, and the batch
+        reader to a fresh buffer that no queued view points into."""
+        self.subscriptions = self.subscriptions + (subscription,)
+        if len(self.subscriptions) == 2:
+            self.reader.renew()
+        self._index()
+
+    def remove(self, subscription):
+        self.subscriptions = tuple(s for s in self.subscriptions if s is not subscription)
+        self._index()
+
+    def _index(self):
+        by_port = {}
+        for sub in self.subscriptions:
+            by_port.setdefault(sub.receiver.port, []).append(sub)
+        self.by_port = {port: tuple(subs) for port, subs in by_port.items()}
+        self.ports = frozenset(by_port)
+
+    def _wanted(self, udp_header):
+        return ((udp_header[2] << 8) | udp_header[3]) in self.ports
+
+    # -- filtering (caller holds self.lock) ---------------------------------------------------
+
+    def refilter(self):
+        """Install the union of the subscribers' filters, when it changed."""
+        text = union_filter([sub.receiver.filter_terms(self) for sub in self.subscriptions])
+        if text != self.filter_text:
+            self.capture.set_filter(text)
+            self.filter_text = text
+
+    def drain(self, now):
+        """Deliver what the capture holds now, under the delivery rules in force.
+
+        Called before the filter changes: Npcap discards pending frames when the filter
+        changes, libpcap on Linux filters frames still in the ring with the new filter, and a
+        socket delivers what was queued before the change.  The frames are copied out
+        (``pending_records``), because queued datagrams may still point into the batch
+        reader's buffer.
+        """
+        records, count = self.capture.pending_records()
+        if count:
+            self.stats.frames += count
+            view = memoryview(records)
+            datagrams = []
+            self.parse_batch(view, 0, count, self.ports, self.stats, self.verify, datagrams)
+            if datagrams:
+                self.deliver(view, datagrams, now, None)
+
+    # -- reading (caller holds self.lock) -----------------------------------------------------
+
+    def read(self, now, reading):
+        """Read one batch and deliver its datagrams to every subscriber; the number of frames
+        read (0: the capture is empty).  *reading* is the receiver whose thread reads: the
+        others are told that datagrams are waiting for them.  Raises PcapError."""
+        reader = self.reader
+        found = reader.refill()
+        if found:
+            stats = self.stats
+            stats.frames += found
+            view = reader.view
+            datagrams = []
+            reader.consumed(self.parse_batch(view, reader.start, found, self.ports, stats,
+                                             self.verify, datagrams))
+            if datagrams:
+                subscriptions = self.subscriptions
+                if len(subscriptions) == 1:
+                    # The common case, inline: one socket gets views into the batch.
+                    only = subscriptions[0]
+                    only.receiver.queue_views(self, only, view, datagrams, now)
+                else:
+                    self.deliver(view, datagrams, now, reading)
+        return found
+
+    def deliver(self, view, datagrams, now, reading):
+        """Queue parsed *datagrams* for every subscriber that accepts them: views for a single
+        subscriber (fragments completed inline), copies for several."""
+        subscriptions = self.subscriptions
+        if len(subscriptions) == 1:
+            subscriptions[0].receiver.queue_views(self, subscriptions[0], view, datagrams, now)
+            return
+        if not subscriptions:
+            return
+        # Shared: complete fragments once, in their place, then group by port.
+        by_port = self.by_port
+        groups = {}
+        for entry in datagrams:
+            if entry[0] is None:
+                entry = self.reassemble(entry[1], view, now, entry[6])
+                if entry is None:
+                    continue
+            group = groups.get(entry[3])
+            if group is None:
+                group = groups[entry[3]] = []
+            group.append(entry)
+        for port, group in groups.items():
+            for sub in by_port.get(port, ()):
+                receiver = sub.receiver
+                if receiver.queue_copies(self, sub, view, group) and receiver is not reading:
+                    receiver.notify()
+
+    def reassemble(self, fragment, view, now, start):
+        """Feed one fragment; a batch entry ``(src, dst, sport, dport, first, last, start,
+        buffer)`` when it completes a UDP datagram to one of the ports, else None."""
+        _, src, dst, ident, offset, more, first, last = fragment
+        segment = self.reassembler.add(src, dst, ident, offset, more, view[first:last], now)
+        if segment is None:
+            return None
+        udp = _packet.parse_udp(segment, src, dst, self.stats, self.verify)
+        if udp is None:
+            return None
+        if udp[4] not in self.ports:
+            self.stats.not_for_us += 1
+            return None
+        return (src, dst, udp[3], udp[4], udp[5], udp[6], start, memoryview(segment))
+
+    def fail(self, exc):
+        """Reading failed (the device went away): every subscriber is told, and each drops
+        this capture when it next reads."""
+        self.failure = exc
+        for sub in self.subscriptions:
+            sub.receiver.notify()
+
+    def close(self):
+        self.closed = True
+        self.reassembler.clear()
+        self.capture.close()
+        # Let the batch buffer (MiBs) go now: this object sits in a reference cycle (the
+        # reassembler's wanted() is a bound method), which only the garbage collector frees.
+        self.reader = None
+        self.subscriptions = ()
+        self.by_port = {}
+
+
+def union_filter(terms):
+    """One BPF expression that passes what any of *terms* passes.
+
+    Each term is ``(own_clause or None, destinations, port)`` (see
+    ``Receiver.filter_terms``).  Terms that differ only in their port are merged, so that a
+    hundred sockets on ten ports make ten clauses, not a hundred.  For a single term the text
+    is exactly the single socket's filter.
+    """
+    merged = {}
+    for own, destinations, port in terms:
+        merged.setdefault((own, destinations), set()).add(port)
+    clauses = []
+    for (own, destinations), ports in sorted(merged.items(), key=lambda item: repr(item[0])):
+        port_terms = " or ".join("dst port %d" % port for port in sorted(ports))
+        text = ("udp and (%s) and (%s or ip[6:2] & 0x1fff != 0)"
+                % (destinations, port_terms))
+        if own:
+            text = "(%s) and %s" % (own, text)
+        clauses.append(text)
+    if not clauses:
+        return "udp and not udp"            # nobody left: pass nothing
+    if len(clauses) == 1:
+        return clauses[0]
+    return " or ".join("(%s)" % clause for clause in clauses)
+
+
+class CaptureRegistry:
+    """The process's open shared captures, by key (see the module doc)."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self._captures = {}
+        self._receivers = weakref.WeakSet()     # every receiver with subscriptions
+
+    def find(self, key):
+        """The open, healthy capture for *key*, or None.  Caller holds :attr:`lock`."""
+        shared = self._captures.get(key)
+        if shared is None or shared.failure is not None or shared.closed:
+            return None
+        return shared
+
+    def register(self, key, shared):
+        self._captures[key] = shared
+
+    def forget(self, shared):
+        """Drop *shared* from the registry (it is closing).  Caller holds :attr:`lock`."""
+        if self._captures.get(shared.key) is shared:
+            del self._captures[shared.key]
+
+    def track(self, receiver):
+        self._receivers.add(receiver)
+
+    def open_count(self):
+        return len(self._captures)
+
+    def _after_fork_in_child(self):
+        # Runs in the child with only the forking thread alive: a lock another thread held
+        # at the fork would never be released, so start over with fresh ones.  Inherited
+        # captures are dropped without pcap_close, which would take down the parent's ring.
+        self.lock = threading.RLock()
+        self._captures = {}
+        receivers, self._receivers = list(self._receivers), weakref.WeakSet()
+        for receiver in receivers:
+            receiver.inherited_by_fork()
+
+
+REGISTRY = CaptureRegistry()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=REGISTRY._after_fork_in_child)
