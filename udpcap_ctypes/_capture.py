@@ -136,6 +136,10 @@ class Capture:
         # Npcap zeroes its counters on every new filter: drops before it are kept in a base.
         self._filter_resets_counters = filter_resets_counters
         self._drops_base = 0
+        # Replaces a filter without pcap_setfilter, where the platform has a way that never
+        # loses a frame (set by the platform: LinuxPlatform, attach_kernel_filter).
+        self.swap_filter = None
+        self._filtered = False
         errbuf = ctypes.create_string_buffer(_pcap.PCAP_ERRBUF_SIZE)
         self.handle = fns.pcap_create(device_name.encode("utf-8"), errbuf)
         self.reader = None
@@ -167,15 +171,24 @@ class Capture:
                 or _pcap.decode_text(self._fns, self._fns.pcap_statustostr(status)))
 
     def set_filter(self, expression):
-        """Compile and install a BPF filter (serialised process-wide)."""
+        """Compile and install a BPF filter (pcap_compile serialised process-wide).
+
+        The first filter goes through ``pcap_setfilter``; later ones through
+        :attr:`swap_filter` where the platform set one (see there), since a shared capture
+        changes its filter whenever any of its sockets binds, closes, joins or leaves.
+        """
         program = _structs.bpf_program()
         with _compile_lock:
             self._fns.pcap_compile(self.handle, ctypes.byref(program), expression.encode("ascii"),
                                    1, _pcap.PCAP_NETMASK_UNKNOWN)
         try:
+            if self._filtered and self.swap_filter is not None:
+                self.swap_filter(program)
+                return
             drops = self._driver_drops() if self._filter_resets_counters else 0
             self._fns.pcap_setfilter(self.handle, ctypes.byref(program))
             self._drops_base += drops
+            self._filtered = True
         finally:
             self._fns.pcap_freecode(ctypes.byref(program))
 

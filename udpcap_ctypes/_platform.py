@@ -23,6 +23,7 @@ import abc
 import ctypes
 import ctypes.util
 import errno
+import functools
 import logging
 import mmap
 import os
@@ -35,6 +36,7 @@ import threading
 from . import _capture, _fixes, _pcap
 from ._bind import POSIX, Prototype, bind
 from ._net import ip_text, mac_text
+from .errors import PcapError
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +250,12 @@ class LinuxPlatform(PosixPlatform):
     def _prepare(self, capture, device):
         if device.loopback:
             ignore_outgoing(capture)
+        # Every filter after this one is swapped in the kernel (attach_kernel_filter).  This
+        # first one goes through pcap_setfilter, and libpcap runs it in user space too, over
+        # as many frames as the ring held when it was set: it must pass everything any later
+        # filter may pass, since libpcap never learns about those.
+        capture.set_filter("udp")
+        capture.swap_filter = functools.partial(attach_kernel_filter, capture)
 
     def snaplen_for(self, device):
         """MTU-sized: in immediate mode the ring is cut into frames of the snaplen (capped at
@@ -671,6 +679,38 @@ def ignore_outgoing(capture):
         return False
     finally:
         sock.close()
+
+
+# <asm-generic/socket.h>: SO_ATTACH_FILTER.  <linux/filter.h>: struct sock_fprog.
+_SO_ATTACH_FILTER = 26
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def attach_kernel_filter(capture, program):
+    """Linux: replace the capture's kernel filter with *program* (a compiled
+    ``bpf_program``) in one ``SO_ATTACH_FILTER``, which the kernel swaps atomically.
+
+    ``pcap_setfilter`` on Linux first attaches a filter that rejects everything and drains
+    the socket, then attaches the new one (pcap-linux.c set_kernel_filter): frames that
+    arrive in between are rejected and not even counted as drops.  Measured with a stream
+    while another socket of the process joined and left a group: 10-100 of 2,000 datagrams
+    lost that way.  The compiled program needs no change for the kernel on our link types
+    (libpcap's fix_program only rewrites loads for cooked captures), and libpcap keeps
+    filtering in the kernel only.  Raises PcapError when the kernel refuses the program.
+    """
+    fd = capture.selectable_fd()
+    fprog = _SockFprog(program.bf_len, program.bf_insns)
+    sock = socket.socket(fileno=os.dup(fd))     # a dup shares the packet socket
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(fprog))
+    except OSError as exc:
+        raise PcapError(exc.errno or errno.EINVAL, "cannot replace the filter on %s: %s"
+                        % (capture.device_name, exc.strerror or exc)) from None
+    finally:
+        sock.close()                            # the dup only
 
 
 def _load_libc():

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _monotonic = time.monotonic
 _ADDRESS_CACHE_LIMIT = 4096
 _CLOSE_WAIT = 2.0       # how long shutdown() waits for woken receivers to leave their wait
+_OPEN_READ_BATCHES = 16  # batches open() reads of what a capture took before its filter
 # What a queued datagram costs beyond its payload, for the queue limit: the 4-tuple (72
 # bytes) and the bytes object's header (33), rounded up, as a kernel counts an skb's truesize.
 ENTRY_OVERHEAD = 128
@@ -214,10 +215,15 @@ class Receiver:
             # Between activation and the filter, the ring took whatever the device carried; on a
             # busy loopback that can fill it and drop the first datagrams for us.  libpcap runs
             # the new filter over those frames in user space, so reading them now keeps what is
-            # ours (queued) and frees the ring.
+            # ours (queued) and frees the ring.  Bounded: under a stream the ring never empties.
             with self.io_lock:
-                while self._fill():
-                    pass
+                now = _monotonic()
+                for subscription in self.captures:
+                    shared = subscription.shared
+                    with shared.lock:
+                        for _ in range(_OPEN_READ_BATCHES):
+                            if not shared.read(now, self) or shared.reader.exhausted:
+                                break
             if readiness is not None:
                 self.attach_readiness(readiness)
             self.platform.groups_joined(self.groups, [c.shared for c in self.captures],
@@ -687,11 +693,13 @@ class Receiver:
             subscription.accepted += queued
             subscription.accepted_bytes += queued_bytes
 
-    def queue_copies(self, shared, subscription, view, datagrams):
+    def queue_copies(self, shared, subscription, view, datagrams, own_read):
         """Apply the delivery rules to datagrams for this socket's port from a shared
-        capture's batch, and queue copies of what passes, within :attr:`queue_limit`
-        (``queue_dropped`` counts the rest).  Called under the capture's lock by whichever
-        thread reads it.  True when anything was queued."""
+        capture's batch, and queue copies of what passes.  Called under the capture's lock by
+        whichever thread reads it.  What another socket's read queues stays within
+        :attr:`queue_limit` (``queue_dropped`` counts the rest); what this socket's own read
+        (*own_read*) queues is not capped: it reads because its queue is empty, and takes
+        one batch.  True when anything was queued."""
         append = self.ready.append
         addresses = self._addresses
         queued = queued_bytes = 0
@@ -699,7 +707,7 @@ class Receiver:
             if not self._accepts(dst, shared, subscription, view, start):
                 continue
             size = last - first
-            if not self._admit(size):
+            if not self._admit(size, own_read):
                 subscription.queue_dropped += 1
                 continue
             if buf is view:
@@ -720,7 +728,7 @@ class Receiver:
         subscription.accepted_bytes += queued_bytes
         return True
 
-    def _admit(self, size):
+    def _admit(self, size, always=False):
         """May a datagram of *size* bytes join the queue without passing :attr:`queue_limit`?
 
         Each queued datagram counts its payload plus ENTRY_OVERHEAD (the tuple and the bytes
@@ -734,7 +742,7 @@ class Receiver:
         cost = size + ENTRY_OVERHEAD
         with self._queue_lock:
             bound = self._queued_bound + cost
-            if bound > limit:
+            if bound > limit and not always:
                 queued = list(self.ready)            # a consistent snapshot (made in C)
                 if self._full_at is not None and len(queued) >= self._full_at:
                     return False

@@ -185,7 +185,8 @@ class SharedCapture:
         for port, group in groups.items():
             for sub in by_port.get(port, ()):
                 receiver = sub.receiver
-                if receiver.queue_copies(self, sub, view, group) and receiver is not reading:
+                own_read = receiver is reading
+                if receiver.queue_copies(self, sub, view, group, own_read) and not own_read:
                     receiver.notify()
 
     def reassemble(self, fragment, view, now, start):
