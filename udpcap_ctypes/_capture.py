@@ -171,26 +171,37 @@ class Capture:
                 or _pcap.decode_text(self._fns, self._fns.pcap_statustostr(status)))
 
     def set_filter(self, expression):
-        """Compile and install a BPF filter (pcap_compile serialised process-wide).
+        """Compile and install a BPF filter (see :meth:`compile_filter`,
+        :meth:`install_filter`)."""
+        program = self.compile_filter(expression)
+        try:
+            self.install_filter(program)
+        finally:
+            self.free_filter(program)
 
-        The first filter goes through ``pcap_setfilter``; later ones through
-        :attr:`swap_filter` where the platform set one (see there), since a shared capture
-        changes its filter whenever any of its sockets binds, closes, joins or leaves.
-        """
+    def compile_filter(self, expression):
+        """A compiled ``bpf_program`` for *expression* (pcap_compile is serialised
+        process-wide); give it back with :meth:`free_filter`."""
         program = _structs.bpf_program()
         with _compile_lock:
             self._fns.pcap_compile(self.handle, ctypes.byref(program), expression.encode("ascii"),
                                    1, _pcap.PCAP_NETMASK_UNKNOWN)
-        try:
-            if self._filtered and self.swap_filter is not None:
-                self.swap_filter(program)
-                return
-            drops = self._driver_drops() if self._filter_resets_counters else 0
-            self._fns.pcap_setfilter(self.handle, ctypes.byref(program))
-            self._drops_base += drops
-            self._filtered = True
-        finally:
-            self._fns.pcap_freecode(ctypes.byref(program))
+        return program
+
+    def install_filter(self, program):
+        """Make a compiled filter the capture's.  The first goes through ``pcap_setfilter``,
+        later ones through :attr:`swap_filter` where the platform set one (a shared capture
+        changes its filter whenever any of its sockets binds, closes, joins or leaves)."""
+        if self._filtered and self.swap_filter is not None:
+            self.swap_filter(program)
+            return
+        drops = self._driver_drops() if self._filter_resets_counters else 0
+        self._fns.pcap_setfilter(self.handle, ctypes.byref(program))
+        self._drops_base += drops
+        self._filtered = True
+
+    def free_filter(self, program):
+        self._fns.pcap_freecode(ctypes.byref(program))
 
     def pending_records(self):
         """Every frame the capture holds right now, as savefile records in a new buffer.

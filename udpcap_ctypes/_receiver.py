@@ -266,16 +266,9 @@ class Receiver:
                 registry.register(key, shared)
             subscription = Subscription(self, shared)
             with shared.lock:
-                if shared.subscriptions:
-                    try:
-                        shared.drain(_monotonic())       # the others' frames, under old rules
-                    except PcapError as exc:
-                        log.debug("draining %s before a new subscriber: %s", device.name, exc)
-                shared.add(subscription)
                 try:
-                    shared.refilter()
+                    shared.change(_monotonic(), add=subscription)
                 except BaseException:
-                    shared.remove(subscription)
                     if not shared.subscriptions:
                         registry.forget(shared)
                         shared.close()
@@ -326,48 +319,42 @@ class Receiver:
         registry = self.registry
         with registry.lock:
             with shared.lock:
-                shared.remove(subscription)
-                if not shared.subscriptions:
-                    registry.forget(shared)
-                    shared.close()
+                if shared.subscriptions == (subscription,) or shared.failure is not None:
+                    shared.remove(subscription)
+                    if not shared.subscriptions:
+                        registry.forget(shared)
+                        shared.close()
                     return
-                if shared.failure is None:
-                    try:
-                        shared.drain(_monotonic())
-                        shared.refilter()
-                    except PcapError as exc:
-                        log.debug("re-filtering %s after a subscriber left: %s",
-                                  shared.device.name, exc)
+                try:
+                    shared.change(_monotonic(), remove=subscription)
+                except PcapError as exc:
+                    log.debug("re-filtering %s after a subscriber left: %s",
+                              shared.device.name, exc)
 
-    def filter_terms(self, shared):
+    def filter_terms(self, shared, pairs=None, multicast_loopback=None):
         """This socket's part of *shared*'s filter: ``(own-frames clause or None,
-        destinations, port)`` (see ``_shared_capture.union_filter``)."""
-        group_terms = ["dst host %s" % ip_text(g) for g in sorted(self._groups_for(shared))]
+        destinations, port)`` (see ``_shared_capture.union_filter``), for its rules in force
+        or for the memberships *pairs* and loopback flag it is about to have."""
+        if pairs is None:
+            group_interfaces = self.group_interfaces
+        else:
+            group_interfaces = _group_interfaces(pairs)
+        if multicast_loopback is None:
+            multicast_loopback = self.multicast_loopback
+        groups = sorted(_groups_for(shared, group_interfaces))
+        group_terms = ["dst host %s" % ip_text(g) for g in groups]
         if self.bound_address:
             destinations = ["dst host %s" % ip_text(self.bound_address)] + group_terms
         else:
             # Any unicast (the parser keeps only local addresses) and joined groups only.
             destinations = ["not dst net 224.0.0.0/4"] + group_terms
-        return (shared.own.clause(self.multicast_loopback), " or ".join(destinations),
-                self.port)
-
-    def _groups_for(self, shared):
-        """The groups a capture may deliver: those joined on any interface or on one of its
-        device's addresses (the loopback device carries this host's own multicast, whichever
-        interface it was sent on)."""
-        if shared.is_loopback:
-            return self.groups
-        return [group for group, where in self.group_interfaces.items()
-                if 0 in where or where & shared.addresses]
+        return (shared.own.clause(multicast_loopback), " or ".join(destinations), self.port)
 
     def _set_memberships(self, memberships):
         pairs = frozenset(memberships)
-        interfaces = {}
-        for group, interface in pairs:
-            interfaces.setdefault(group, set()).add(interface)
         self.membership_pairs = pairs
-        self.group_interfaces = {group: frozenset(where) for group, where in interfaces.items()}
-        self.groups = frozenset(interfaces)
+        self.group_interfaces = _group_interfaces(pairs)
+        self.groups = frozenset(self.group_interfaces)
 
     def check_interface(self, interface):
         """OSError unless *interface* (int) is the address of a local interface."""
@@ -382,33 +369,41 @@ class Receiver:
         readiness.watch(self.waiter, [c.capture for c in self.captures])
 
     def update(self, memberships=None, multicast_loopback=None):
-        """Swap the memberships (``(group, interface)`` pairs) and/or the loopback flag;
-        refilter every capture (any thread).  What the captures hold is delivered first,
-        under the rules in force until now (see ``SharedCapture.drain``)."""
+        """Swap the memberships (``(group, interface)`` pairs) and/or the loopback flag, and
+        re-filter every capture (any thread).
+
+        What the captures hold is delivered first, under the rules in force until now (see
+        ``SharedCapture.change``).  Another socket's thread may read a capture between its
+        new filter and this socket's new rules, so the rules widen before the filters change
+        (new groups are accepted at once) and narrow after (left groups and the loopback
+        flag change once every filter has).
+        """
         with self.io_lock:
             now = _monotonic()
+            old_pairs = self.membership_pairs
+            new_pairs = old_pairs if memberships is None else frozenset(memberships)
+            new_loopback = (self.multicast_loopback if multicast_loopback is None
+                            else bool(multicast_loopback))
+            self._set_memberships(old_pairs | new_pairs)
+            if self.memberships is not None:
+                for group, interface in new_pairs - old_pairs:
+                    self.memberships.join(group, interface)
             for subscription in list(self.captures):
                 shared = subscription.shared
                 try:
                     with shared.lock:
                         if shared.failure is not None:
                             raise shared.failure
-                        shared.drain(now)
+                        shared.change(now, terms={
+                            self: self.filter_terms(shared, new_pairs, new_loopback)})
                 except PcapError as exc:
                     self._lose(subscription, exc)
-            old_groups, old_pairs = self.groups, self.membership_pairs
-            if memberships is not None:
-                self._set_memberships(memberships)
-                if self.memberships is not None:
-                    for group, interface in self.membership_pairs - old_pairs:
-                        self.memberships.join(group, interface)
-                    for group, interface in old_pairs - self.membership_pairs:
-                        self.memberships.leave(group, interface)
-            if multicast_loopback is not None:
-                self.multicast_loopback = multicast_loopback
-            for subscription in self.captures:
-                with subscription.shared.lock:
-                    subscription.shared.refilter()
+            old_groups = frozenset(_group_interfaces(old_pairs))
+            self._set_memberships(new_pairs)
+            self.multicast_loopback = new_loopback
+            if self.memberships is not None:
+                for group, interface in old_pairs - new_pairs:
+                    self.memberships.leave(group, interface)
             fresh = (self.groups - old_groups if multicast_loopback is None else self.groups)
             self.platform.groups_joined(fresh, [c.shared for c in self.captures],
                                         self.multicast_loopback)
@@ -833,6 +828,24 @@ class Receiver:
             self.port_guard.close()
             self.port_guard = None
         self.ready.clear()
+
+
+def _group_interfaces(pairs):
+    """``{group: frozenset(interface addresses, 0 = any)}`` of ``(group, interface)`` pairs."""
+    interfaces = {}
+    for group, interface in pairs:
+        interfaces.setdefault(group, set()).add(interface)
+    return {group: frozenset(where) for group, where in interfaces.items()}
+
+
+def _groups_for(shared, group_interfaces):
+    """The groups a capture may deliver: those joined on any interface or on one of its
+    device's addresses (the loopback device carries this host's own multicast, whichever
+    interface it was sent on)."""
+    if shared.is_loopback:
+        return list(group_interfaces)
+    return [group for group, where in group_interfaces.items()
+            if 0 in where or where & shared.addresses]
 
 
 def select_devices(devices, address):

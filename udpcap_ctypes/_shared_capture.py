@@ -111,12 +111,47 @@ class SharedCapture:
 
     # -- filtering (caller holds self.lock) ---------------------------------------------------
 
-    def refilter(self):
-        """Install the union of the subscribers' filters, when it changed."""
-        text = union_filter([sub.receiver.filter_terms(self) for sub in self.subscriptions])
-        if text != self.filter_text:
-            self.capture.set_filter(text)
+    def change(self, now, add=None, remove=None, terms=None):
+        """Add or remove a subscriber and/or install the union of the subscribers' filters
+        (*terms*: ``{receiver: filter terms}`` for receivers whose rules are about to
+        change -- the others' current terms are asked for; what the capture holds is then
+        delivered under the old rules even when the filter stays the same).
+
+        The new filter is compiled first; then what the capture holds is delivered under the
+        rules and to the subscribers in force until now, and the filter installed right after:
+        Npcap discards what its driver holds when the filter changes, so the gap between the
+        drain and the new filter is kept as short as it can be (microseconds; frames arriving
+        in it are lost on Npcap, and stay in the ring for the next read on Linux, where the
+        kernel swaps the filter at once).  A new subscriber is added between the two, so it
+        gets nothing that arrived before it bound.  Raises PcapError.
+        """
+        if remove is not None:
+            self.remove(remove)
+        subscriptions = self.subscriptions + ((add,) if add is not None else ())
+        terms = terms or {}
+        text = union_filter([terms[s.receiver] if s.receiver in terms
+                             else s.receiver.filter_terms(self) for s in subscriptions])
+        if text == self.filter_text:
+            if terms and self.subscriptions and self.failure is None:
+                self.drain(now)                 # rules change: what is here, under the old
+            if add is not None:
+                self.add(add)
+            return
+        program = self.capture.compile_filter(text)
+        try:
+            if self.subscriptions and self.failure is None:
+                self.drain(now)
+            if add is not None:
+                self.add(add)
+            try:
+                self.capture.install_filter(program)
+            except BaseException:
+                if add is not None:
+                    self.remove(add)
+                raise
             self.filter_text = text
+        finally:
+            self.capture.free_filter(program)
 
     def drain(self, now):
         """Deliver what the capture holds now, under the delivery rules in force.
