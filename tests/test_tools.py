@@ -60,7 +60,8 @@ def run_send(args, timeout=60):
 
 # --------------------------------------------------------------------------- --help
 
-@pytest.mark.parametrize("script", ["send.py", "recv.py", "bench.py", "bench_replay.py"])
+@pytest.mark.parametrize("script", ["send.py", "recv.py", "bench.py", "bench_replay.py",
+                                    "bench_sockets.py"])
 def test_help_exits_zero_from_any_directory(script):
     done = subprocess.run(tool(script) + ["--help"], cwd="/", stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
@@ -473,6 +474,65 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
         assert stream[(bench_worker.BASELINE, size)]["cpu_ratio"] == 1.0
         assert stream[(bench_worker.BASELINE, size)]["drops"] == 0
     assert time.monotonic() - started < 240
+
+
+@pytest.mark.live
+def test_bench_sockets_json_has_a_row_for_every_count_and_receiver():
+    """bench.py --sockets (tools/bench_sockets.py) with tiny settings: a memory row for every
+    N and receiver kind, a stream row for every K, one shared capture per device however many
+    UdpcapSockets are bound, far less memory a socket than the 58 MiB of one capture set per
+    socket, every socket of a shared stream served, and its namespaces gone afterwards.
+
+    Structural only: no timing, and memory from the process's RSS (which includes the mapped
+    capture rings); MemAvailable is machine-wide and moves with whatever else runs."""
+    require_udpcap_socket()
+    counts, ks = (1, 10), (1, 2)
+    proc = subprocess.Popen(
+        tool("bench.py") + ["--sockets", ",".join(map(str, counts)),
+                            "--stream-sockets", ",".join(map(str, ks)), "--rates", "5000",
+                            "--sizes", "200", "--stream-seconds", "0.5", "--repeat", "1",
+                            "--port", "21000", "--json"],
+        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    out, err = proc.communicate(timeout=300)
+    left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
+                          universal_newlines=True).stdout
+    tag = "%d" % (proc.pid % 100000)
+    assert not [line for line in left.splitlines()
+                if line.split()[0] in ("uctsock-r" + tag, "uctsock-p" + tag)], left
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert not report["errors"], report["errors"]
+    machine = report["machine"]
+    assert machine["cpus"] and machine["kernel"] and machine["python"]
+    kinds = ("UdpcapSocket", "socket")
+    memory = {(r["receiver"], r["n"]): r for r in report["memory_rows"]}
+    assert set(memory) == {(kind, n) for kind in kinds for n in counts}
+    for (kind, n), row in memory.items():
+        assert row["repeats"] == 1
+        for name in ("mem_available_drop_mib", "mem_per_socket_mib", "rss_growth_mib",
+                     "rss_per_socket_mib", "open_s", "close_s"):
+            assert row[name] is not None, (kind, n, name)
+        if kind == "UdpcapSocket":
+            # lo and the two veths: one capture each, shared by all N sockets
+            assert row["captures"] == 3 and len(row["devices"]) == 3, row
+            assert row["ring_mib"] < 64, row
+        else:
+            assert row["captures"] == 0, row
+    biggest = memory[("UdpcapSocket", max(counts))]
+    assert biggest["rss_per_socket_mib"] < 8, biggest
+    stream = {(r["receiver"], r["k"]): r for r in report["stream_rows"]}
+    assert set(stream) == {(kind, k) for kind in kinds for k in ks}
+    for (kind, k), row in stream.items():
+        assert (row["size"], row["rate"], row["repeats"]) == (200, 5000, 1), row
+        assert row["sent"] > 0 and not row["cut"], row
+        assert row["delivered_per_socket_min"] > 0, row      # every socket got the stream
+        for name in ("cpu_us_per_sent", "cpu_us_per_delivered", "sender_cpu_us_per_sent",
+                     "total_cpu_us_per_sent", "lost_per_socket_max"):
+            assert row[name] is not None, (kind, k, name)
+        if kind == "socket":
+            assert row["cpu_ratio"] == 1.0
+        run = [r for r in report["runs"]["stream"] if (r["kind"], r["k"]) == (kind, k)][0]
+        assert len(run["sockets"]) == k
 
 
 # --------------------------------------------------------------------------- bench_replay.py

@@ -11,9 +11,12 @@ measures ("Tools") and shows a run ("Performance").
     python3 tools/bench.py --quick --json  # small counts, one repeat, stream at 20k/s 0.5 s
     python3 tools/bench.py --stream-rate 100000 --no-fragmented  # stream at a given rate
     python3 tools/bench.py --svg rates.svg # also draw the drain rates as a bar chart
+    python3 tools/bench.py --sockets       # many sockets: tools/bench_sockets.py (root)
 
 The receivers run in bench_worker.py, bench_run.py runs the phases, bench_report.py makes the
-rows and tables.
+rows and tables.  With --sockets, bench.py runs tools/bench_sockets.py instead, with all the
+arguments (see its --help): memory, open and close time of N sockets bound to 0.0.0.0, and the
+CPU of K sockets of one process reading one multicast stream, against kernel sockets.
 """
 
 import argparse
@@ -22,6 +25,7 @@ import sys
 import time
 
 import _common
+import bench_sockets
 from bench_report import report_text, summarize, summarize_stream, svg_chart
 from bench_run import FRAGMENTED_SIZE, STREAM_FRAG_LADDER, STREAM_LADDER, STREAM_MAX_LAG, Bench
 from bench_worker import DEFAULT_RECEIVERS, RECEIVERS, available_receivers, worker_main
@@ -88,16 +92,32 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--svg", metavar="FILE", help="write the drain rates as an SVG bar chart")
     p.add_argument("--verbose", action="store_true", help="progress on stderr also with --json")
+    p.add_argument("--sockets", metavar="N,N,...", nargs="?", const="1,10,100",
+                   help="run tools/bench_sockets.py instead, with every argument given (as "
+                        "root): memory, open and close time of N UdpcapSockets bound to "
+                        "0.0.0.0 and CPU of K sockets on one multicast stream, against "
+                        "kernel sockets (see bench_sockets.py --help)")
     # workers run tools/bench_worker.py; bench.py --worker SPEC does the same
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     return p
 
 
+def wants_sockets(argv):
+    """Does *argv* ask for the many-sockets benchmark (--sockets, spelt out)?"""
+    return any(arg == "--sockets" or arg.startswith("--sockets=") for arg in argv)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_sockets(argv):
+        return bench_sockets.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(json.loads(args.worker))
+    if args.sockets is not None:        # an abbreviation: the options are bench_sockets'
+        parser.error("spell out --sockets: bench.py then hands every argument to "
+                     "tools/bench_sockets.py")
     if args.quick:
         args.count = min(args.count, 5000)
         args.frag_count = min(args.frag_count, 300)
