@@ -83,7 +83,7 @@ def test_check_live_json_ok_with_count_and_verbose_filters(netns):
     assert 0 < selftest["latency_p50_us"] <= selftest["latency_p99_us"]
     port = selftest["port"]
     verbose = "\n".join(by_name["self-test"]["verbose"])
-    assert "BPF filter on lo: " in verbose and "dst port %d" % port in verbose
+    assert "BPF filter on lo: " in verbose and "udp[2:2] = %d" % port in verbose
     assert any("loaded" in line for line in by_name["capture library"]["verbose"])
 
 
