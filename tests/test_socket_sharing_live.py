@@ -173,6 +173,105 @@ def test_an_unread_socket_is_capped_and_costs_the_others_nothing(netpair, stack)
     assert kept == list(range(held))             # the first ones, in order, like a socket
 
 
+def _count_wakes(sock):
+    """Count the returns of *sock*'s waiter (its receiving threads' wake-ups)."""
+    waiter = sock._receiver.waiter
+    wait, wakes = waiter.wait, [0]
+
+    def counted(*args):
+        result = wait(*args)
+        wakes[0] += 1
+        return result
+
+    waiter.wait = counted
+    return wakes
+
+
+def test_idle_sockets_sleep_while_a_sibling_streams(netpair, stack):
+    """Ten sockets on ten ports share the captures, each with a thread blocked in a receive;
+    traffic goes to one port only.  One blocked thread waits on the devices (the watcher), so
+    the idle threads together wake at most once per frame, and all but the one or two that
+    held the watch hardly at all (before: every frame woke every thread).  One extra wake-up
+    per read remains while an idle socket's thread is the watcher (it hands the datagram on)."""
+    ports = [BASE_PORT + 45 + i for i in range(10)]
+    count = 400
+    with nslib.in_namespace(netpair.a):
+        sockets = [open_socket(stack, ("0.0.0.0", port)) for port in ports]
+    busy, idle = sockets[0], sockets[1:]
+    wakes = {sock: _count_wakes(sock) for sock in sockets}
+    got = []
+
+    def read_busy():
+        busy.settimeout(5.0)
+        while len(got) < count:
+            got.append(untag(busy.recv(2048))[1])
+
+    def read_idle(sock):
+        with contextlib.suppress(SocketClosedError):
+            sock.recv(2048)
+
+    threads = [threading.Thread(target=read_idle, args=(s,), daemon=True) for s in idle]
+    threads.append(threading.Thread(target=read_busy, daemon=True))
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    tx = udp_socket(netpair.b)
+    stack.callback(tx.close)
+    send_stream(tx, netpair.addr_a, [ports[0]], count, size=200, pause_every=10)
+    threads[-1].join(15)
+    assert got == list(range(count)), busy.statistics()
+    idle_wakes = sum(wakes[s][0] for s in idle)
+    for sock in idle:
+        sock.close()                               # wakes the idle threads: they leave
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive()
+    assert wakes[busy][0] >= 1
+    per_idle = sorted(wakes[s][0] for s in idle)
+    assert idle_wakes <= busy.statistics()["frames"], per_idle
+    assert all(n <= 5 for n in per_idle[:-2]), per_idle
+
+
+def test_a_waiting_thread_that_stops_receiving_hands_the_watch_on(netpair, stack):
+    """Four sockets on one port.  The first socket's thread blocks first (so it waits on the
+    devices for all), takes one datagram and never receives again; the other three, blocked
+    on their own notify meanwhile, must take over waiting on the devices and get every
+    datagram (they block without a timeout: without the hand-over they would sleep for good
+    with frames in the ring)."""
+    port = BASE_PORT + 60
+    count = 200
+    with nslib.in_namespace(netpair.a):
+        sockets = [open_socket(stack, ("0.0.0.0", port)) for _ in range(4)]
+    first, others = sockets[0], sockets[1:]
+    results = {}
+
+    def read(sock, limit):
+        payloads = []
+        with contextlib.suppress(SocketClosedError):       # teardown after a failure
+            while len(payloads) < limit:
+                payloads.append(untag(sock.recv(2048))[1])
+        results[sock] = payloads
+
+    threads = [threading.Thread(target=read, args=(first, 1), daemon=True)]
+    threads[0].start()
+    time.sleep(0.2)                                  # the first thread is the watcher
+    shared = {c.shared for c in first._receiver.captures}
+    assert any(s.watcher is first._receiver for s in shared)
+    threads += [threading.Thread(target=read, args=(s, count), daemon=True) for s in others]
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)
+    tx = udp_socket(netpair.b)
+    stack.callback(tx.close)
+    send_stream(tx, netpair.addr_a, [port], count, size=200, pause_every=10)
+    for thread in threads:
+        thread.join(15)
+        assert not thread.is_alive(), [len(results.get(s, ())) for s in sockets]
+    assert results[first] == [0]
+    for sock in others:
+        assert results[sock] == list(range(count)), sock.statistics()
+
+
 def test_binds_and_closes_in_other_threads_lose_nothing_of_a_stream(netpair, stack):
     """While one socket streams, another thread binds and closes sockets on the same device
     (same port and other ports): every bind and close re-filters the shared capture, and

@@ -358,6 +358,74 @@ def test_blocked_siblings_on_one_port_each_wake_for_a_lone_datagram(machine, net
         assert outcome["late"] == [], outcome
 
 
+def emulated_watch_handed_over(peer, target, port, sockets, rounds, gap):
+    """*sockets* sockets on one port.  The first socket's thread blocks first, so it waits on
+    the devices' read events for all (SharedCapture.watch); the others' threads block
+    afterwards on their notify events only.  The first takes one datagram and stops
+    receiving: the others must take over the read events and get every lone datagram."""
+    from udpcap_ctypes import SocketClosedError, UdpcapSocket
+    socks = []
+    arrivals = [[] for _ in range(sockets)]
+    errors = []
+    watched_by_first = None
+
+    def receive(sock, out, limit):
+        try:
+            while len(out) < limit:
+                data, _address = sock.recvfrom(100)
+                out.append(int(data.split(b"-")[1]))
+        except SocketClosedError:
+            pass
+        except BaseException as exc:
+            errors.append(repr(exc))
+    threads = []
+    try:
+        for _ in range(sockets):
+            sock = UdpcapSocket()
+            socks.append(sock)
+            sock.bind(("0.0.0.0", port))
+        send_udp(peer, (target, port + 1 if port < 65535 else port - 1), [b"warm up ARP"])
+        limits = [1] + [rounds] * (sockets - 1)
+        threads = [threading.Thread(target=receive, args=(sock, out, limit))
+                   for sock, out, limit in zip(socks, arrivals, limits)]
+        threads[0].start()
+        time.sleep(0.3)
+        watched_by_first = sum(c.shared.watcher is socks[0]._receiver
+                               for c in socks[0]._receiver.captures)
+        for thread in threads[1:]:
+            thread.start()
+        time.sleep(0.3)
+        for index in range(rounds):
+            send_udp(peer, (target, port), [b"lone-%d" % index])
+            time.sleep(gap)
+        for thread in threads:
+            thread.join(5)
+        alive = [thread.is_alive() for thread in threads]
+    finally:
+        for sock in socks:
+            sock.close()
+    for thread in threads:
+        thread.join(5)
+    return {"errors": errors, "arrivals": arrivals, "alive": alive,
+            "watched_by_first": watched_by_first}
+
+
+def test_a_thread_that_stops_receiving_hands_the_read_events_on(machine, netpair):
+    """Four sockets on one port; the thread waiting on the read events takes one datagram and
+    stops receiving; the three others (no timeout) get every later lone datagram."""
+    rounds = 20
+    result = machine().call(netpair.a, emulated_watch_handed_over, peer=netpair.b.name,
+                            target=netpair.addr_a, port=_net.free_udp_port(), sockets=4,
+                            rounds=rounds, gap=0.02)
+    assert result["errors"] == []
+    assert result["watched_by_first"] >= 1
+    assert result["alive"] == [False] * 4, result["arrivals"]
+    first, *others = result["arrivals"]
+    assert first == [0]
+    for got in others:
+        assert got == list(range(rounds))
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Any socket's bind, close, join or leave drains the shared capture for every socket
 

@@ -480,18 +480,19 @@ class PollWaiter:
 
     def set_captures(self, captures):
         """Wait on these captures from now on (a thread already waiting finishes its wait on
-        the old set)."""
-        fds = [self._read_fd, self._notify_read]
+        the old set).  Bit *i* of a :meth:`wait` mask stands for ``captures[i]``."""
+        fds = []
         needs_slices = False
         for capture in captures:
             fd = capture.selectable_fd()
             if fd < 0:
                 needs_slices = True
-            else:
-                fds.append(fd)
-        self._fds = fds
+            fds.append(fd)
+        self._capture_fds = fds
+        self._all = (1 << len(fds)) - 1
         self._needs_slices = needs_slices
-        self._poll = self._new_poll()
+        self._polls = {}
+        self._poll = self._new_poll(self._all)
 
     @property
     def wake_fd(self):
@@ -519,16 +520,27 @@ class PollWaiter:
                     except OSError:
                         pass
 
-    def _new_poll(self):
+    def _new_poll(self, mask):
         poll = select.poll()
-        for fd in self._fds:
-            poll.register(fd, select.POLLIN)
+        poll.register(self._read_fd, select.POLLIN)
+        poll.register(self._notify_read, select.POLLIN)
+        for index, fd in enumerate(self._capture_fds):
+            if fd >= 0 and mask >> index & 1:
+                poll.register(fd, select.POLLIN)
         return poll
 
-    def wait(self, timeout):
-        """Block until a capture may have frames, :meth:`wake` was called, or *timeout* seconds
-        pass (None: no limit).  Returns False only on timeout.  May return early (spuriously);
-        callers re-check and loop to their own deadline."""
+    def wait(self, timeout, mask=None):
+        """Block until a capture may have frames, :meth:`wake` or :meth:`notify` was called,
+        or *timeout* seconds pass (None: no limit).  *mask*: the captures to wait on (bit *i*
+        for the *i*-th of :meth:`set_captures`; None: all); wake and notify always count.
+        Returns False only on timeout.  May return early (spuriously); callers re-check and
+        loop to their own deadline."""
+        if mask is None or mask == self._all:
+            poll = self._poll
+        else:
+            poll = self._polls.get(mask)
+            if poll is None:
+                poll = self._polls[mask] = self._new_poll(mask)
         if self._needs_slices:
             timeout = self.FALLBACK_SLICE if timeout is None else min(timeout,
                                                                       self.FALLBACK_SLICE)
@@ -536,11 +548,11 @@ class PollWaiter:
         milliseconds = None if timeout is None else max(0, min(_MAX_POLL_MS,
                                                                 int(timeout * 1000.0 + 0.999)))
         try:
-            return bool(self._poll.poll(milliseconds))
+            return bool(poll.poll(milliseconds))
         except RuntimeError:
             # Another thread is inside this poll object ("concurrent poll() invocation"):
             # several threads may block in receives on one socket, so wait on a poll of its own.
-            return bool(self._new_poll().poll(milliseconds))
+            return bool(self._new_poll(self._all if mask is None else mask).poll(milliseconds))
 
     def wake(self):
         """Make the current and every later :meth:`wait` return at once (as Windows' manual-reset

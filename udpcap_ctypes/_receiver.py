@@ -113,6 +113,7 @@ class Receiver:
         self.captures = []              # Subscriptions, in read order (rotated for fairness)
         self.chosen = []                # the devices to open (configure)
         self.waiter = None
+        self.waited = ()                # subscriptions in the waiter's order (its wait masks)
         self.port = 0
         self.bound_address = 0          # int; 0 = any
         self.local_addresses = frozenset()
@@ -212,6 +213,7 @@ class Receiver:
                 raise failure or OSError(errno.ENODEV, "no capture device could be opened")
             self.waiter = self.platform.make_waiter([c.capture for c in self.captures],
                                                     self.options.immediate)
+            self.waited = tuple(self.captures)
             # Between activation and the filter, the ring took whatever the device carried; on a
             # busy loopback that can fill it and drop the first datagrams for us.  libpcap runs
             # the new filter over those frames in user space, so reading them now keeps what is
@@ -446,6 +448,7 @@ class Receiver:
         deadline = None if timeout is None else _monotonic() + timeout
         receiving = self._receiving
         receiving.append(None)
+        ident = threading.get_ident()
         try:
             if self.closing:
                 raise SocketClosedError()
@@ -453,6 +456,14 @@ class Receiver:
             poll = self.poll
             io_lock = self.io_lock
             while True:
+                # Which devices to wait on: those no other socket's thread is waiting on
+                # (see SharedCapture.watch); the rest wake us through notify.
+                mask = 0
+                bit = 1
+                for subscription in self.waited:
+                    if subscription.shared.watch(self, ident):
+                        mask |= bit
+                    bit <<= 1
                 if self.coalescing:
                     # Frames arrive faster than wake-ups pay off: let some collect first.
                     delay = self.coalesce
@@ -462,12 +473,12 @@ class Receiver:
                         time.sleep(delay)
                     self.stats.coalesced_waits += 1
                 elif deadline is None:
-                    wait(None)
+                    wait(None, mask)
                 else:
                     remaining = deadline - _monotonic()
                     if remaining <= 0:
                         raise socket.timeout("timed out")
-                    wait(remaining)
+                    wait(remaining, mask)
                 with io_lock:
                     if self.closing:
                         raise SocketClosedError()
@@ -475,6 +486,10 @@ class Receiver:
                 if result is not None:
                     return result
         finally:
+            for subscription in self.waited:
+                subscription.shared.unwatch(self, ident)
+            for subscription in self.lost:
+                subscription.shared.unwatch(self, ident)
             receiving.pop()
 
     def shutdown(self):
@@ -599,6 +614,13 @@ class Receiver:
             raise OSError(*self.failure)
         return False
 
+    def take_watch(self):
+        """A thread that waited on a shared device left its receive: this socket's blocked
+        thread is to wait on the device from its next wait on (see SharedCapture.watch)."""
+        waiter = self.waiter
+        if waiter is not None:
+            waiter.notify()
+
     def notify(self):
         """Another socket's thread queued datagrams here: wake a waiting receive, and make
         ``fileno()`` readable (any thread)."""
@@ -630,6 +652,7 @@ class Receiver:
                         device.name, exc, ", ".join(c.device.name for c in self.captures))
             if self.waiter is not None:
                 self.waiter.set_captures([c.capture for c in self.captures])
+                self.waited = tuple(self.captures)
             if self.readiness is not None:
                 self.readiness.watch(self.waiter, [c.capture for c in self.captures])
             return
@@ -803,6 +826,7 @@ class Receiver:
         self.lost = []
         self.ready.clear()
         self.waiter = None
+        self.waited = ()
         self.drain_before_wait = True         # read (and raise) instead of waiting
         self.failure = (errno.EBADF, "this UdpcapSocket was created before os.fork(): its "
                         "captures belong to the parent process. Fix: create UdpcapSocket "
@@ -818,6 +842,7 @@ class Receiver:
                 self._unsubscribe(subscription)
             except Exception:                    # pragma: no cover - best effort on close
                 log.exception("leaving the capture on %s", subscription.device.name)
+        self.waited = ()
         if self.waiter is not None:
             self.waiter.close()
             self.waiter = None

@@ -80,6 +80,9 @@ class SharedCapture:
         self.filter_text = None
         self.failure = None             # the PcapError that ended reading, once it has
         self.closed = False
+        self.watch_lock = threading.Lock()
+        self.watcher = None             # the receiver whose blocked thread waits on the device
+        self.followers = {}             # thread ident -> receiver, blocked on its notify only
 
     def __repr__(self):
         return "<SharedCapture %s, %d subscribers>" % (self.device.name,
@@ -98,6 +101,12 @@ class SharedCapture:
     def remove(self, subscription):
         self.subscriptions = tuple(s for s in self.subscriptions if s is not subscription)
         self._index()
+        receiver = subscription.receiver
+        with self.watch_lock:
+            for ident in [i for i, r in self.followers.items() if r is receiver]:
+                del self.followers[ident]
+            if self.watcher is receiver:
+                self._hand_over()
 
     def _index(self):
         by_port = {}
@@ -108,6 +117,51 @@ class SharedCapture:
 
     def _wanted(self, udp_header):
         return ((udp_header[2] << 8) | udp_header[3]) in self.ports
+
+    # -- who waits on the device (any thread, without self.lock) ------------------------------
+    #
+    # Of the threads blocked in receives on this capture's sockets, one waits on the device's
+    # fd or event: the watcher.  The others (followers) wait on their own notify only, and the
+    # watcher's read wakes those it queued datagrams for -- as the kernel wakes only the
+    # sockets a datagram is for.  Were every thread to wait on the device, each frame would
+    # wake them all (1,000/s to ten sockets on one stream: 130 context switches a datagram,
+    # against 24 for ten kernel sockets).  A watcher that leaves its wait hands the watch to a
+    # follower, so that no follower sleeps on frames nobody waits for.  A capture with one
+    # subscriber keeps no books: its only socket always watches.
+
+    def watch(self, receiver, ident):
+        """Should the thread *ident* of *receiver*, about to block, wait on the device?  True
+        makes the receiver the watcher (threads of one socket share the watch); False records
+        the thread as a follower until :meth:`unwatch`."""
+        watcher = self.watcher
+        if watcher is receiver or (watcher is None and len(self.subscriptions) < 2):
+            return True
+        with self.watch_lock:
+            watcher = self.watcher
+            if watcher is None or watcher is receiver:
+                self.watcher = receiver
+                self.followers.pop(ident, None)
+                return True
+            self.followers[ident] = receiver
+            return False
+
+    def unwatch(self, receiver, ident):
+        """The thread *ident* of *receiver* leaves its receive: give up the watch, to a
+        follower if any (also when it was handed here and not taken up)."""
+        if self.watcher is not receiver and ident not in self.followers:
+            return
+        with self.watch_lock:
+            self.followers.pop(ident, None)
+            if self.watcher is receiver or self.watcher is None:
+                self._hand_over()
+
+    def _hand_over(self):
+        # caller holds watch_lock; the woken follower takes the watch on its next wait, or
+        # hands it on when it leaves instead
+        self.watcher = None
+        for follower in self.followers.values():
+            follower.take_watch()
+            break
 
     # -- filtering (caller holds self.lock) ---------------------------------------------------
 

@@ -555,13 +555,20 @@ class EventWaiter:
 
     def set_captures(self, captures):
         """Wait on these captures' read events from now on (a thread already waiting finishes
-        its wait on the old set)."""
+        its wait on the old set).  Bit *i* of a :meth:`wait` mask stands for ``captures[i]``."""
         self._set_handles([capture.event_handle() for capture in captures])
 
     def _set_handles(self, handles):
         handles = tuple(handles)
         if any(not handle for handle in handles):
             raise ValueError("a NULL event handle cannot be waited on")
+        self._handles = handles
+        self._all = (1 << len(handles)) - 1
+        self._masked = {}
+        self._groups = self._make_groups(handles)
+
+    def _make_groups(self, handles):
+        """Arrays of at most WAIT_CHUNK device handles, each with the wake and notify events."""
         groups = []
         own = (self._wake, self._notify)
         for start in range(0, len(handles), WAIT_CHUNK):
@@ -569,18 +576,28 @@ class EventWaiter:
             groups.append(((ctypes.c_void_p * len(chunk))(*chunk), chunk))
         if not groups:
             groups.append(((ctypes.c_void_p * len(own))(*own), own))
-        self._handles = handles
-        self._groups = groups
+        return groups
 
-    def wait(self, timeout=None):
+    def _groups_for(self, mask):
+        if mask is None or mask == self._all:
+            return self._groups
+        groups = self._masked.get(mask)
+        if groups is None:
+            groups = self._masked[mask] = self._make_groups(
+                tuple(h for i, h in enumerate(self._handles) if mask >> i & 1))
+        return groups
+
+    def wait(self, timeout=None, mask=None):
         """Block until an event is signalled (True) or *timeout* seconds passed (False).
 
-        ``timeout=None`` waits without limit; ``0`` polls once.  With an *interval*, True also
-        when that much time passed.  After :meth:`close`, returns True at once.
+        ``timeout=None`` waits without limit; ``0`` polls once.  *mask*: the devices to wait
+        on (bit *i* for the *i*-th of :meth:`set_captures`; None: all); wake and notify always
+        count.  With an *interval*, True also when that much time passed.  After
+        :meth:`close`, returns True at once.
         """
         if self._closed:
             return True
-        groups = self._groups
+        groups = self._groups_for(mask)
         single = len(groups) == 1
         interval = self._interval_ms
         step = WAIT_SLICE_MS if not single else interval      # None: one wait, no limit
