@@ -386,12 +386,12 @@ def test_waiter_wake_is_permanent():
     is never emptied)."""
     waiter = _platform.PollWaiter([])
     try:
-        assert waiter.wait(0.05) is False
+        assert waiter.wait(0.05) == []                  # timeout: nothing ready
         waiter.wake()
         for _ in range(3):
             started = time.monotonic()
-            assert waiter.wait(5.0) is True
-            assert waiter.wait(None) is True
+            assert [fd for fd, _events in waiter.wait(5.0)] == [waiter.wake_fd]
+            assert [fd for fd, _events in waiter.wait(None)] == [waiter.wake_fd]
             assert time.monotonic() - started < 1.0
     finally:
         waiter.close()

@@ -294,19 +294,26 @@ def test_sockets_on_one_port_each_get_a_copy_of_every_datagram(machine, netpair)
     assert loopback["extra"] == 0 and loopback["delivered"] == local_count
 
 
+def _bind_sockets(socks, count, port, peer, target):
+    """Append *count* UdpcapSockets bound to 0.0.0.0:*port* to *socks* (the caller closes
+    them), then warm up ARP from *peer* so that the first datagram is not held back."""
+    from udpcap_ctypes import UdpcapSocket
+    for _ in range(count):
+        sock = UdpcapSocket()
+        socks.append(sock)
+        sock.bind(("0.0.0.0", port))
+    send_udp(peer, (target, port + 1 if port < 65535 else port - 1), [b"warm up ARP"])
+
+
 def emulated_blocked_siblings_wake(peer, target, port, sockets, rounds, gap):
     """*sockets* sockets on one port, each blocked in recvfrom without a timeout in a thread
     of its own; a lone datagram every *gap* seconds.  Whichever thread reads it queues copies
     for the others, whose waits only the notify event can end once the reader has reset the
     driver's read event."""
-    from udpcap_ctypes import SocketClosedError, UdpcapSocket
+    from udpcap_ctypes import SocketClosedError
     socks = []
     try:
-        for _ in range(sockets):
-            sock = UdpcapSocket()
-            socks.append(sock)
-            sock.bind(("0.0.0.0", port))
-        send_udp(peer, (target, port + 1 if port < 65535 else port - 1), [b"warm up ARP"])
+        _bind_sockets(socks, sockets, port, peer, target)
         arrivals = [[] for _ in socks]
         errors = []
 
@@ -363,7 +370,7 @@ def emulated_watch_handed_over(peer, target, port, sockets, rounds, gap):
     the devices' read events for all (SharedCapture.watch); the others' threads block
     afterwards on their notify events only.  The first takes one datagram and stops
     receiving: the others must take over the read events and get every lone datagram."""
-    from udpcap_ctypes import SocketClosedError, UdpcapSocket
+    from udpcap_ctypes import SocketClosedError
     socks = []
     arrivals = [[] for _ in range(sockets)]
     errors = []
@@ -380,11 +387,7 @@ def emulated_watch_handed_over(peer, target, port, sockets, rounds, gap):
             errors.append(repr(exc))
     threads = []
     try:
-        for _ in range(sockets):
-            sock = UdpcapSocket()
-            socks.append(sock)
-            sock.bind(("0.0.0.0", port))
-        send_udp(peer, (target, port + 1 if port < 65535 else port - 1), [b"warm up ARP"])
+        _bind_sockets(socks, sockets, port, peer, target)
         limits = [1] + [rounds] * (sockets - 1)
         threads = [threading.Thread(target=receive, args=(sock, out, limit))
                    for sock, out, limit in zip(socks, arrivals, limits)]

@@ -191,34 +191,11 @@ def read_cpu_busy():
 
 # --------------------------------------------------------------------------- the workers
 
-def open_socket(kind, port, groups=(), reuse=False):
+def open_socket(kind, port, groups=()):
     """One receiver of *kind* bound to 0.0.0.0:*port*, joined to *groups*, defaults
-    otherwise (no receive buffer size is set)."""
-    if kind == KERNEL:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            if reuse:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("0.0.0.0", port))
-            for group in groups:
-                mreq = socket.inet_aton(group) + socket.inet_aton("0.0.0.0")
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    cls = _common.import_udpcap_socket()
-    sock = cls()
-    try:
-        if reuse:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
-        for group in groups:
-            sock.join_multicast_group(group)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    otherwise (no receive buffer size is set; kernel sockets with SO_REUSEADDR, so that K of
+    them can share a port)."""
+    return _common.open_receiver(kind == KERNEL, ("0.0.0.0", port), groups)
 
 
 def capture_info(socks):
@@ -304,7 +281,7 @@ def stream_worker(spec):
     socks = []
     try:
         for _ in range(k):
-            socks.append(open_socket(kind, port, [group], reuse=True))
+            socks.append(open_socket(kind, port, [group]))
     except BaseException:
         for sock in socks:
             sock.close()

@@ -474,7 +474,7 @@ class PollWaiter:
         self._notify_read, self._notify_write = os.pipe()
         for fd in (self._read_fd, self._write_fd, self._notify_read, self._notify_write):
             os.set_blocking(fd, False)
-        self._notified = False
+        self.notified = False           # a notice is pending (read without the lock)
         self._notify_lock = threading.Lock()
         self.set_captures(captures)
 
@@ -488,7 +488,7 @@ class PollWaiter:
             if fd < 0:
                 needs_slices = True
             fds.append(fd)
-        self._capture_fds = fds
+        self.capture_fds = fds          # -1 where a capture has no selectable fd
         self._all = (1 << len(fds)) - 1
         self._needs_slices = needs_slices
         self._polls = {}
@@ -505,16 +505,16 @@ class PollWaiter:
         :meth:`clear_notify`, so that the pipe holds a byte exactly while the flag is set (a
         stale byte would make every wait return at once)."""
         with self._notify_lock:
-            if not self._notified and self._notify_write >= 0:
-                self._notified = True
+            if not self.notified and self._notify_write >= 0:
+                self.notified = True
                 os.write(self._notify_write, b"x")
 
     def clear_notify(self):
         """The receiver is about to look at its queue: later notifications count again."""
-        if self._notified:
+        if self.notified:
             with self._notify_lock:
-                if self._notified:
-                    self._notified = False
+                if self.notified:
+                    self.notified = False
                     try:
                         os.read(self._notify_read, 64)
                     except OSError:
@@ -524,7 +524,7 @@ class PollWaiter:
         poll = select.poll()
         poll.register(self._read_fd, select.POLLIN)
         poll.register(self._notify_read, select.POLLIN)
-        for index, fd in enumerate(self._capture_fds):
+        for index, fd in enumerate(self.capture_fds):
             if fd >= 0 and mask >> index & 1:
                 poll.register(fd, select.POLLIN)
         return poll
@@ -533,8 +533,10 @@ class PollWaiter:
         """Block until a capture may have frames, :meth:`wake` or :meth:`notify` was called,
         or *timeout* seconds pass (None: no limit).  *mask*: the captures to wait on (bit *i*
         for the *i*-th of :meth:`set_captures`; None: all); wake and notify always count.
-        Returns False only on timeout.  May return early (spuriously); callers re-check and
-        loop to their own deadline."""
+        Returns the ready ``(fd, events)`` pairs of ``poll()``, empty (false) only on timeout:
+        a capture fd not among them had no frame in its ring (Linux: the ring's fd is level
+        triggered).  May return early (spuriously); callers re-check and loop to their own
+        deadline."""
         if mask is None or mask == self._all:
             poll = self._poll
         else:
@@ -548,11 +550,11 @@ class PollWaiter:
         milliseconds = None if timeout is None else max(0, min(_MAX_POLL_MS,
                                                                 int(timeout * 1000.0 + 0.999)))
         try:
-            return bool(poll.poll(milliseconds))
+            return poll.poll(milliseconds)
         except RuntimeError:
             # Another thread is inside this poll object ("concurrent poll() invocation"):
             # several threads may block in receives on one socket, so wait on a poll of its own.
-            return bool(self._new_poll(self._all if mask is None else mask).poll(milliseconds))
+            return self._new_poll(self._all if mask is None else mask).poll(milliseconds)
 
     def wake(self):
         """Make the current and every later :meth:`wait` return at once (as Windows' manual-reset

@@ -114,6 +114,7 @@ class Receiver:
         self.chosen = []                # the devices to open (configure)
         self.waiter = None
         self.waited = ()                # subscriptions in the waiter's order (its wait masks)
+        self.fd_of = {}                 # subscription -> ring fd, where a wait names ready fds
         self.port = 0
         self.bound_address = 0          # int; 0 = any
         self.local_addresses = frozenset()
@@ -213,7 +214,7 @@ class Receiver:
                 raise failure or OSError(errno.ENODEV, "no capture device could be opened")
             self.waiter = self.platform.make_waiter([c.capture for c in self.captures],
                                                     self.options.immediate)
-            self.waited = tuple(self.captures)
+            self._set_waited()
             # Between activation and the filter, the ring took whatever the device carried; on a
             # busy loopback that can fill it and drop the first datagrams for us.  libpcap runs
             # the new filter over those frames in user space, so reading them now keeps what is
@@ -252,6 +253,15 @@ class Receiver:
             raise
         log.debug("bound %s:%d on %s", ip_text(address), port,
                   ", ".join(c.device.name for c in self.captures))
+
+    def _set_waited(self):
+        """The waiter waits on :attr:`captures` in this order from now on.  Where its waits
+        name the ready fds and nothing is held outside the kernel ring (Linux immediate
+        mode), a wake-up reads only the captures whose fd was ready (see :meth:`_fill`)."""
+        self.waited = tuple(self.captures)
+        fds = getattr(self.waiter, "capture_fds", None)
+        self.fd_of = {} if fds is None or self.drain_before_wait else {
+            subscription: fd for subscription, fd in zip(self.waited, fds) if fd >= 0}
 
     def _subscribe(self, device):
         """Join the process's shared capture on *device* (opening it when there is none with
@@ -448,22 +458,28 @@ class Receiver:
         deadline = None if timeout is None else _monotonic() + timeout
         receiving = self._receiving
         receiving.append(None)
-        ident = threading.get_ident()
+        ident = None                         # set once this thread keeps the watch books
         try:
             if self.closing:
                 raise SocketClosedError()
             wait = self.waiter.wait          # shutdown() leaves the waiter to us from here on
             poll = self.poll
             io_lock = self.io_lock
+            named = bool(self.fd_of)         # waits name the ready fds (see _set_waited)
             while True:
-                # Which devices to wait on: those no other socket's thread is waiting on
-                # (see SharedCapture.watch); the rest wake us through notify.
-                mask = 0
-                bit = 1
-                for subscription in self.waited:
-                    if subscription.shared.watch(self, ident):
-                        mask |= bit
-                    bit <<= 1
+                ready_fds = None
+                mask = None                  # every device
+                if SharedCapture.crowded:
+                    # Which devices to wait on: those no other socket's thread is waiting on
+                    # (see SharedCapture.watch); the rest wake us through notify.
+                    if ident is None:
+                        ident = threading.get_ident()
+                    mask = 0
+                    bit = 1
+                    for subscription in self.waited:
+                        if subscription.shared.watch(self, ident):
+                            mask |= bit
+                        bit <<= 1
                 if self.coalescing:
                     # Frames arrive faster than wake-ups pay off: let some collect first.
                     delay = self.coalesce
@@ -473,23 +489,28 @@ class Receiver:
                         time.sleep(delay)
                     self.stats.coalesced_waits += 1
                 elif deadline is None:
-                    wait(None, mask)
+                    events = wait(None, mask)
+                    if named:
+                        ready_fds = dict(events)
                 else:
                     remaining = deadline - _monotonic()
                     if remaining <= 0:
                         raise socket.timeout("timed out")
-                    wait(remaining, mask)
+                    events = wait(remaining, mask)
+                    if named:
+                        ready_fds = dict(events)
                 with io_lock:
                     if self.closing:
                         raise SocketClosedError()
-                    result = poll(target, nbytes)
+                    result = poll(target, nbytes, ready_fds)
                 if result is not None:
                     return result
         finally:
-            for subscription in self.waited:
-                subscription.shared.unwatch(self, ident)
-            for subscription in self.lost:
-                subscription.shared.unwatch(self, ident)
+            if ident is not None:
+                for subscription in self.waited:
+                    subscription.shared.unwatch(self, ident)
+                for subscription in self.lost:
+                    subscription.shared.unwatch(self, ident)
             receiving.pop()
 
     def shutdown(self):
@@ -508,18 +529,18 @@ class Receiver:
         with self.io_lock:           # waits for a fast-path poll() to finish
             self.close()
 
-    def poll(self, target, nbytes):
+    def poll(self, target, nbytes, ready_fds=None):
         """Hand out the next deliverable datagram.  Caller holds ``io_lock``.
 
         Returns ``(payload_or_count, address)`` or None.  With a *target* (a ``bytearray`` or
         a writable byte ``memoryview``) the payload is copied into it, at most *nbytes*;
         otherwise a new ``bytes`` of at most *nbytes* is returned.  Datagrams come from
-        :attr:`ready`; when it is empty, the captures are read (:meth:`_fill`).
+        :attr:`ready`; when it is empty, the captures are read (:meth:`_fill`, *ready_fds*).
         ``stats.delivered`` is settled from the queue length (see :meth:`settle_stats`), so
         handing out costs no counter update.
         """
         ready = self.ready
-        if not ready and not self._fill():
+        if not ready and not self._fill(ready_fds):
             return None
         buf, first, last, address = ready.popleft()
         if self.readiness is not None and (ready or self.drain_before_wait):
@@ -560,9 +581,12 @@ class Receiver:
             stats.delivered_bytes = stats.accepted_bytes - sum(
                 last - first for _b, first, last, _a in ready)
 
-    def _fill(self):
+    def _fill(self, ready_fds=None):
         """Read batches from the captures, round robin, until this socket has a datagram
-        (True) or every capture is empty (False).  Caller holds ``io_lock``.
+        (True) or every capture is empty (False).  Caller holds ``io_lock``.  *ready_fds*
+        (a container of fds, from a wait that names them): skip the captures of
+        :attr:`fd_of` whose ring fd is not in it -- their rings were empty (saves a native
+        read per idle device and wake-up: a socket bound to 0.0.0.0 has several).
 
         Each batch goes to every subscriber of its capture (``SharedCapture.read``); other
         sockets' threads may also have queued datagrams here meanwhile.  A batch stays valid
@@ -572,7 +596,7 @@ class Receiver:
         """
         ready = self.ready
         waiter = self.waiter
-        if waiter is not None:
+        if waiter is not None and waiter.notified:
             waiter.clear_notify()       # looking at the queue now: later notices count again
         if self.readiness is not None:
             self.readiness.clear()      # reading everything now: the fds speak from here on
@@ -580,7 +604,12 @@ class Receiver:
             return True                 # queued by another socket's read
         now = _monotonic()
         captures = self.captures
+        fd_of = self.fd_of
         for turn, subscription in enumerate(captures):
+            if ready_fds is not None:
+                fd = fd_of.get(subscription)
+                if fd is not None and fd not in ready_fds:
+                    continue
             # Drain this capture until a batch yields something or it is empty: on Windows the
             # read event is not signalled again for frames libpcap already holds, so waiting
             # with frames left behind could sleep on data that has arrived.
@@ -652,7 +681,7 @@ class Receiver:
                         device.name, exc, ", ".join(c.device.name for c in self.captures))
             if self.waiter is not None:
                 self.waiter.set_captures([c.capture for c in self.captures])
-                self.waited = tuple(self.captures)
+                self._set_waited()
             if self.readiness is not None:
                 self.readiness.watch(self.waiter, [c.capture for c in self.captures])
             return

@@ -55,6 +55,11 @@ class SharedCapture:
     (``max_bytes``, ``max_datagrams``) other than its defaults.
     """
 
+    # Captures of this process with more than one subscriber.  While there are none, no
+    # receiving thread keeps the watch books (see watch): a lone socket's wake-up stays as
+    # cheap as before sharing.  Changed under the registry's lock (add and remove are).
+    crowded = 0
+
     def __init__(self, capture, device, own, own_on_egress, verify=False,
                  reassembly_timeout=30.0, key=None, reassembly_limits=None):
         self.capture = capture
@@ -96,10 +101,14 @@ class SharedCapture:
         self.subscriptions = self.subscriptions + (subscription,)
         if len(self.subscriptions) == 2:
             self.reader.renew()
+            SharedCapture.crowded += 1
         self._index()
 
     def remove(self, subscription):
+        before = len(self.subscriptions)
         self.subscriptions = tuple(s for s in self.subscriptions if s is not subscription)
+        if before >= 2 > len(self.subscriptions):
+            SharedCapture.crowded -= 1
         self._index()
         receiver = subscription.receiver
         with self.watch_lock:
@@ -127,7 +136,8 @@ class SharedCapture:
     # wake them all (1,000/s to ten sockets on one stream: 130 context switches a datagram,
     # against 24 for ten kernel sockets).  A watcher that leaves its wait hands the watch to a
     # follower, so that no follower sleeps on frames nobody waits for.  A capture with one
-    # subscriber keeps no books: its only socket always watches.
+    # subscriber keeps no books: its only socket always watches; and while no capture of the
+    # process has two (SharedCapture.crowded), receivers do not call these at all.
 
     def watch(self, receiver, ident):
         """Should the thread *ident* of *receiver*, about to block, wait on the device?  True
@@ -383,6 +393,7 @@ class CaptureRegistry:
     def __init__(self):
         self.lock = threading.RLock()
         self._captures = {}
+        SharedCapture.crowded = 0
         self._receivers = weakref.WeakSet()     # every receiver with subscriptions
 
     def find(self, key):

@@ -548,7 +548,7 @@ class EventWaiter:
         except BaseException:
             api.close_handle(self._wake)
             raise
-        self._notified = False
+        self.notified = False           # a notice is pending (read without the lock)
         self._notify_lock = threading.Lock()
         self._groups = []
         self._set_handles(handles)
@@ -645,16 +645,16 @@ class EventWaiter:
         """Make waits return until :meth:`clear_notify` (any thread): another socket's thread
         read a shared capture and queued datagrams for this socket."""
         with self._notify_lock:
-            if not self._notified and not self._closed:
-                self._notified = True
+            if not self.notified and not self._closed:
+                self.notified = True
                 self._api.set_event(self._notify)
 
     def clear_notify(self):
         """The receiver is about to look at its queue: later notifications count again."""
-        if self._notified:
+        if self.notified:
             with self._notify_lock:
-                if self._notified and not self._closed:
-                    self._notified = False
+                if self.notified and not self._closed:
+                    self.notified = False
                     self._api.reset_event(self._notify)
 
     def close(self):
