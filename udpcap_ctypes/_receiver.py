@@ -445,6 +445,23 @@ class Receiver:
         # holds unread frames: no read attempt before it.
         return self._wait_and_receive(target, nbytes, timeout)
 
+    def receive_batch(self, limit, nbytes, timeout):
+        """Up to *limit* ``(bytes, address)`` pairs: the first as :meth:`receive` waits for
+        it, then what :meth:`poll` hands out without waiting (queued, or read from the
+        captures now)."""
+        batch = [self.receive(None, nbytes, timeout)]
+        if limit > 1:
+            append = batch.append
+            poll = self.poll
+            with self.io_lock:
+                if not self.closing:
+                    for _ in range(limit - 1):
+                        result = poll(None, nbytes)
+                        if result is None:
+                            break
+                        append(result)
+        return batch
+
     def _wait_and_receive(self, target, nbytes, timeout):
         """Slow path: wait for frames, then read them.
 

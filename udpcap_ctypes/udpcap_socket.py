@@ -20,7 +20,19 @@ import struct
 import sys
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Deque, Dict, Literal, Optional, Set, Tuple, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Deque,
+    Dict,
+    List,
+    Literal,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+    overload,
+)
 
 from . import _loader, _platform
 from ._net import free_udp_port, ip_text
@@ -511,6 +523,29 @@ class UdpcapSocket:
 
     def recv_into(self, buffer: WritableBuffer, nbytes: int = 0) -> int:
         return self.recvfrom_into(buffer, nbytes)[0]
+
+    def recvfrom_batch(self, max_datagrams: int,
+                       bufsize: int = 65535) -> List[Tuple[bytes, Address]]:
+        """Up to *max_datagrams* ``(bytes, (host, port))`` pairs: waits for the first as
+        :meth:`recvfrom` does (timeout, non-blocking, close), then adds what is queued or
+        capturable without waiting.  The same datagrams, in the same order, as a loop of
+        ``recvfrom(bufsize)``; each payload is cut at *bufsize*.  ``bufsize`` 0 returns ``[]``
+        at once without consuming anything (as ``recvfrom(0)`` consumes nothing)."""
+        if type(max_datagrams) is not int:
+            max_datagrams = operator.index(max_datagrams)
+        if max_datagrams < 1:
+            raise ValueError("recvfrom_batch(): max_datagrams must be at least 1, not %d"
+                             % max_datagrams)
+        bufsize = _bufsize(bufsize, "recvfrom_batch")
+        if not bufsize:
+            self._check_usable()
+            return []
+        receiver = self._receiver
+        if self._closed:
+            raise SocketClosedError()
+        if receiver is None:
+            raise NotBoundError()
+        return receiver.receive_batch(max_datagrams, bufsize, self._timeout)
 
     # (bytes, address) without a target, else (count copied, address)
     def _receive(self, target: Union[bytearray, memoryview, None],
