@@ -3,8 +3,9 @@
 * ports become ranges (consecutive ports one range), at most MAX_PORT_RANGES of them, the
   smallest gaps closed first, and every port always covered;
 * the text passes, in libpcap's own filter engine (``pcap_offline_filter``), a UDP datagram to
-  every subscribed port and to the destinations of its clause, every non-first fragment, and
-  nothing else outside the merged ranges;
+  every subscribed port and to the destinations of its clause, every fragment to those
+  destinations (the first one of another port's datagram too), and nothing else outside the
+  merged ranges;
 * a hundred scattered ports compile in a bounded time's worth of instructions (the clause
   count is capped, so the program stays short).
 """
@@ -105,10 +106,15 @@ def test_union_passes_exactly_its_ports_and_destinations_in_libpcap(offline_filt
     for port in outside:
         assert not offline_filter(text, _frame(port)), port
     assert not offline_filter(text, _frame(ports[0], dst="198.18.0.3"))
-    # a later fragment carries no UDP header: it passes whatever its bytes say
-    segment = packets.udp(b"y" * 3000, dport=1, src="198.18.0.1", dst="198.18.0.2")
-    later = packets.fragment_ip(segment, "198.18.0.1", "198.18.0.2", 0x4242)[1:]
-    assert later and all(offline_filter(text, packets.ethernet(piece)) for _, _, piece in later)
+    # Every fragment passes, whatever its port: later ones carry no UDP header, and the first
+    # one of another port's datagram tells the reassembler to let the rest go.
+    segment = packets.udp(b"y" * 3000, dport=outside[0], src="198.18.0.1", dst="198.18.0.2")
+    pieces = packets.fragment_ip(segment, "198.18.0.1", "198.18.0.2", 0x4242)
+    assert len(pieces) == 3 and pieces[0][:2] == (0, True)
+    assert all(offline_filter(text, packets.ethernet(piece)) for _, _, piece in pieces)
+    # ... but only to the destinations of the clause
+    stray = packets.fragment_ip(segment, "198.18.0.1", "198.18.0.3", 0x4243)
+    assert not any(offline_filter(text, packets.ethernet(piece)) for _, _, piece in stray)
     # TCP to a subscribed port is not UDP
     tcp = bytearray(_frame(ports[0]))
     tcp[14 + 9] = 6

@@ -11,6 +11,10 @@ No capture, no native code, no network: frames are built in memory (stdlib only)
 * reassembly -- 64 KiB datagrams (65507-byte UDP payload = 45 fragments of 1480 bytes) fed to a
   :class:`Reassembler`, fragments in order and shuffled: MB/s of datagram payload delivered
   (1 MB = 10**6 bytes), and microseconds per fragment.
+* foreign -- the same datagrams for a port nobody receives (another port of a joined group):
+  microseconds per fragment, bytes held and datagrams evicted at the end, when the first
+  fragment reaches the reassembler (the filter passes every fragment, so it lets the rest go
+  at once) and when the filter keeps it out (the later fragments are held until evicted).
 
 Every figure is the median of --repeat timed runs.  Time is this process's CPU time
 (``time.process_time_ns``), so time spent waiting for a CPU on a busy machine is not counted;
@@ -162,6 +166,32 @@ def bench_reassembly(shuffled, repeat, datagrams):
     return statistics.median(rates), statistics.median(per_fragment), len(feed) // datagrams
 
 
+def bench_foreign(first_seen, repeat, datagrams):
+    """Fragments of 64 KiB datagrams for a port nobody receives (another port of a joined
+    group, as eCAL's payload port beside its registration port).  *first_seen*: the first
+    fragment, which names the port, reaches the reassembler (the filter passes every
+    fragment), so it lets the rest go at once; otherwise (a filter that passes first fragments
+    of our ports only) the later fragments are held until the caps evict them.  Returns
+    ``(us per fragment, bytes held at the end, datagrams evicted)``."""
+    segment = _udp(b"\x00" * BIG_PAYLOAD, dport=6000)
+    src = int.from_bytes(SRC, "big")
+    dst = int.from_bytes(DST, "big")
+    feed = []
+    for ident in range(datagrams):
+        frags = _fragments(ident & 0xFFFF, segment)
+        feed.extend(frags if first_seen else frags[1:])
+    per_fragment = []
+    for _ in range(repeat):
+        stats = Statistics()
+        reassembler = Reassembler(stats, wanted=lambda header: header[2:4] == b"\x13\x88")
+        add = reassembler.add
+        t0 = clock_ns()
+        for ident, offset, more, data in feed:
+            add(src, dst, ident, offset, more, data, 0.0)
+        per_fragment.append((clock_ns() - t0) / len(feed) / 1000.0)
+    return statistics.median(per_fragment), reassembler.pending_bytes, stats.reassembly_evictions
+
+
 def run_all(repeat, count, datagrams):
     results = {"python": platform.python_version(), "implementation":
                platform.python_implementation(), "machine": platform.machine(),
@@ -185,6 +215,11 @@ def run_all(repeat, count, datagrams):
         results["reassembly"]["shuffled" if shuffled else "in-order"] = {
             "MB_per_s": round(rate, 1), "us_per_fragment": round(us, 2),
             "fragments_per_datagram": frags, "datagram_bytes": BIG_PAYLOAD}
+    results["foreign"] = {}
+    for first_seen in (True, False):
+        us, held, evicted = bench_foreign(first_seen, repeat, datagrams)
+        results["foreign"]["first fragment seen" if first_seen else "first filtered out"] = {
+            "us_per_fragment": round(us, 2), "bytes_held": held, "evicted": evicted}
     return results
 
 
@@ -207,13 +242,18 @@ def print_table(results):
     for name, row in results["reassembly"].items():
         print("  %-9s %8.1f MB/s  %6.2f us/fragment  (%d fragments/datagram)"
               % (name, row["MB_per_s"], row["us_per_fragment"], row["fragments_per_datagram"]))
+    print("\nforeign fragments: the same datagrams for a port nobody receives")
+    for name, row in results["foreign"].items():
+        print("  %-20s %6.2f us/fragment  %9d bytes held  %5d datagrams evicted"
+              % (name, row["us_per_fragment"], row["bytes_held"], row["evicted"]))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Measure the pure-Python packet path: parse cost per frame (Ethernet, "
                     "SLL2, DLT_NULL; 32/1400-byte payloads; UDP checksum off/on) and IPv4 "
-                    "reassembly throughput for 64 KiB datagrams (in order and shuffled).")
+                    "reassembly throughput for 64 KiB datagrams (in order and shuffled), "
+                    "and the cost of fragments for a port nobody receives.")
     parser.add_argument("--repeat", type=int, default=5,
                         help="timed runs per figure; the median is reported (default 5)")
     parser.add_argument("--frames", type=int, default=100000,

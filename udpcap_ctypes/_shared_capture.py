@@ -367,14 +367,20 @@ def union_filter(terms):
     Each term is ``(own_clause or None, destinations, port)`` (see
     ``Receiver.filter_terms``).  Terms that differ only in their port are merged, so that a
     hundred sockets on ten ports make ten port tests in one clause, not a hundred clauses.
-    Non-first fragments carry no UDP header and pass whatever their port.
+
+    Every IPv4 fragment to the destinations passes (``ip[6:2] & 0x3fff``: more-fragments or
+    an offset), whatever its port: later fragments carry no UDP header, and the first one of
+    a datagram for another port must reach the reassembler too, which then lets that
+    datagram's fragments go at once (``fragments_unwanted``).  Without it, the later
+    fragments of another port's fragmented stream on the same group would be held until age
+    or the memory caps evicted them.
     """
     merged = {}
     for own, destinations, port in terms:
         merged.setdefault((own, destinations), set()).add(port)
     clauses = []
     for (own, destinations), ports in sorted(merged.items(), key=lambda item: repr(item[0])):
-        text = ("udp and (%s) and (%s or ip[6:2] & 0x1fff != 0)"
+        text = ("udp and (%s) and (%s or ip[6:2] & 0x3fff != 0)"
                 % (destinations, port_clause(ports)))
         if own:
             text = "(%s) and %s" % (own, text)
