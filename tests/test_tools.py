@@ -219,6 +219,91 @@ def test_report_text_notes_ring_drops_and_leaves_out_the_stream_table_without_st
            "0.5 s;" in bench_report.report_text(report)
 
 
+def sweep_runs():
+    """Bench.sweep-shaped runs: the baseline, UdpcapSocket.recvfrom_into and the asyncio pair
+    at 1,000/s and "max", two repeats, of which the machine was twice as slow in the second."""
+    def run(rep, cpu_us, drops=0, p99=100.0, sender_rate=1000.0):
+        return {"repeat": rep, "cpu_us": cpu_us, "sender_rate": sender_rate, "rate": 990.0,
+                "sent": 1000, "drops": drops, "latency_p50_us": p99 / 2,
+                "latency_p99_us": p99}
+
+    def receiver(factor, max_rate):
+        return {"32": {
+            "1000": {"sweep": [run(0, 10.0 * factor), run(1, 20.0 * factor * 1.2, drops=10)]},
+            "max": {"sweep": [run(0, 3.0 * factor, sender_rate=max_rate)],
+                    "errors": ["sweep: receiver failed: boom"]}}}
+    return {bench_worker.BASELINE: receiver(1.0, 150000.0),
+            "UdpcapSocket.recvfrom_into": receiver(2.0, 140000.0),
+            bench_worker.ASYNC_SOCKET: receiver(4.0, 90000.0),
+            bench_worker.ASYNC_UDPCAP: receiver(3.0, 120000.0)}
+
+
+def test_sweep_summary_pairs_repeats_and_reports_noise():
+    """summarize_sweep: the CPU ratio is the median of per-repeat ratios (a slower repeat
+    cancels), with their min-max; the baseline's ratio is 1.0; the asyncio endpoint is also
+    compared with asyncio on a socket; rows in rate order, 'max' last."""
+    rows = bench_report.summarize_sweep(sweep_runs())
+    keyed = {(r["receiver"], r["rate_key"]): r for r in rows}
+    assert len(keyed) == len(rows) == 8
+    assert [r["rate_key"] for r in rows] == ["1000"] * 4 + ["max"] * 4
+    base = keyed[(bench_worker.BASELINE, "1000")]
+    assert base["cpu_ratio"] == base["cpu_ratio_min"] == base["cpu_ratio_max"] == 1.0
+    udpcap = keyed[("UdpcapSocket.recvfrom_into", "1000")]
+    assert udpcap["cpu_us_per_datagram"] == (20.0 + 48.0) / 2
+    assert udpcap["cpu_ratio"] == pytest.approx(2.0)          # 20/10 and 48/24
+    assert udpcap["cpu_ratio_min"] == pytest.approx(2.0)
+    assert udpcap["lost"] == 5 and udpcap["lost_pct"] == 0.5
+    assert udpcap["cpu_spread_pct"] == pytest.approx(100.0 * 28 / 34)
+    asyncio_udpcap = keyed[(bench_worker.ASYNC_UDPCAP, "max")]
+    assert asyncio_udpcap["rate"] is None and asyncio_udpcap["sent_rate"] == 120000.0
+    assert asyncio_udpcap["cpu_ratio_counterpart"] == pytest.approx(0.75)
+    assert asyncio_udpcap["errors"] == ["sweep: receiver failed: boom"]
+    text = bench_report.sweep_table(rows)
+    assert "1,000/s" in text and "2.00-2.00" in text and "max" in text
+    assert "! udpcap_ctypes.create_datagram_endpoint at max: sweep: receiver failed" in text
+    assert "ranged over 82% of its median" in bench_report.sweep_noise_note(rows)
+
+
+def test_sweep_svg_draws_a_line_per_receiver_on_log_axes():
+    """svg_sweep: per size two charts (CPU, p99), a polyline per receiver in each, the 'max'
+    point a square at the rate the sender reached, x ticks at whole decades."""
+    rows = bench_report.summarize_sweep(sweep_runs())
+    root = ET.fromstring(bench_report.svg_sweep(rows))
+    ns = "{http://www.w3.org/2000/svg}"
+    lines = list(root.iter(ns + "polyline"))
+    assert len(lines) == 2 * 4
+    assert {line.get("stroke") for line in lines} == {
+        bench_report.COLORS[name] for name in sweep_runs()}
+    squares = [r for r in root.iter(ns + "rect") if r.get("width") == "7"]
+    assert len(squares) == 2 * 4
+    labels = [t.text for t in root.iter(ns + "text")]
+    assert "32 B: CPU us per datagram" in labels and "32 B: p99 latency, us" in labels
+    assert {"1k", "10k", "100k", "1M"} <= set(labels)
+    assert bench_report._log_axis([3.0, 40.0]) == [1, 2, 5, 10, 20, 50, 100]
+
+
+def test_sweep_is_unpinned_unless_asked():
+    """The other phases pin where there are two CPUs; the sweep only with --pin."""
+    import argparse
+    cpus = sorted(os.sched_getaffinity(0))
+    plain = bench_run.Bench(argparse.Namespace(port=15000, pin=False))
+    pinned = bench_run.Bench(argparse.Namespace(port=15000, pin=True))
+    assert plain.sweep_cpus == (None, None)
+    assert pinned.sweep_cpus == ((cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None))
+    assert bench_run.parse_rates("1000, 2.5e4,max") == [1000.0, 25000.0, None]
+    with pytest.raises(ValueError):
+        bench_run.parse_rates("1000,-5")
+    assert [bench_run.rate_key(r) for r in (1000.0, 1500.5, None)] == ["1000", "1500.5", "max"]
+
+
+def test_asyncio_receivers_only_with_sweep():
+    done = subprocess.run(tool("bench.py") + ["--receivers", bench_worker.ASYNC_SOCKET],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60)
+    assert done.returncode == 2
+    assert "only with --sweep" in done.stderr
+
+
 def test_send_end_markers_follow_the_data():
     """--end-marker: after the last datagram, END_SEQ markers (not counted in "sent")."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
@@ -474,6 +559,54 @@ def test_bench_quick_json_has_numbers_for_socket_and_udpcap():
         assert stream[(bench_worker.BASELINE, size)]["cpu_ratio"] == 1.0
         assert stream[(bench_worker.BASELINE, size)]["drops"] == 0
     assert time.monotonic() - started < 240
+
+
+@pytest.mark.live
+def test_bench_sweep_quick_json_has_a_row_per_receiver_and_rate(tmp_path):
+    """bench.py --sweep with tiny settings: a row with numbers for every receiver that ran
+    and every rate, the baseline's ratio 1.0, the receivers this checkout lacks named in
+    "skipped", the SVG written and parseable, nothing pinned, no namespace left.  Structural
+    only: no timed assertions."""
+    require_udpcap_socket()
+    svg = str(tmp_path / "sweep.svg")
+    rates = ["2000", "max"]
+    proc = subprocess.Popen(
+        tool("bench.py") + ["--sweep", "--quick", "--sweep-rates", ",".join(rates),
+                            "--sweep-seconds", "0.3", "--sizes", "200", "--json", "--svg", svg,
+                            "--port", str(_net.free_udp_port())],
+        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    out, err = proc.communicate(timeout=300)
+    left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
+                          universal_newlines=True).stdout
+    tag = "%d" % (proc.pid % 100000)
+    assert not [line for line in left.splitlines() if line.split()[0].endswith(tag)], left
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    settings = report["settings"]
+    assert settings["repeat"] == 1 and settings["pinned"] is None
+    assert settings["sweep_rates"] == rates
+    receivers = settings["receivers"]
+    assert {bench_worker.BASELINE, "UdpcapSocket.recvfrom_into"} <= set(receivers)
+    assert set(receivers) | set(report["skipped"]) == set(bench_worker.SWEEP_RECEIVERS)
+    rows = {(r["receiver"], r["rate_key"]): r for r in report["sweep_rows"]}
+    assert len(rows) == len(report["sweep_rows"])
+    assert set(rows) == {(name, rate) for name in receivers for rate in rates}
+    for (name, rate), row in rows.items():
+        assert not row["errors"], (name, rate, row["errors"])
+        assert row["size"] == 200 and row["repeats"] == 1
+        assert row["sent_rate"] > 0 and row["sent"] > 0, row
+        assert row["cpu_us_per_datagram"] > 0 and row["cpu_ratio"] > 0, row
+        assert 0 <= row["lost"] <= row["sent"], row
+        assert 0 < row["latency_p50_us"] <= row["latency_p99_us"], row
+        run = report["runs"][name]["200"][rate]["sweep"][0]
+        assert run["latency_samples"] == run["received"], run      # every datagram's latency
+        if rate != "max":
+            assert run["count"] == int(float(rate) * 0.3), run
+    for rate in rates:
+        assert rows[(bench_worker.BASELINE, rate)]["cpu_ratio"] == 1.0
+    assert report["machine"]["kernel"] and report["machine"]["libpcap"]
+    root = ET.parse(svg).getroot()
+    assert len(list(root.iter("{http://www.w3.org/2000/svg}polyline"))) == 2 * len(receivers)
 
 
 @pytest.mark.live

@@ -11,10 +11,16 @@ measures ("Tools") and shows a run ("Performance").
     python3 tools/bench.py --quick --json  # small counts, one repeat, stream at 20k/s 0.5 s
     python3 tools/bench.py --stream-rate 100000 --no-fragmented  # stream at a given rate
     python3 tools/bench.py --svg rates.svg # also draw the drain rates as a bar chart
+    python3 tools/bench.py --sweep --svg sweep.svg  # rate sweep only: CPU, loss, latency
     python3 tools/bench.py --sockets       # many sockets: tools/bench_sockets.py (root)
 
 The receivers run in bench_worker.py, bench_run.py runs the phases, bench_report.py makes the
-rows and tables.  With --sockets, bench.py runs tools/bench_sockets.py instead, with all the
+rows and tables.  With --sweep, bench.py runs only the rate sweep: at each of --sweep-rates
+(1k, 10k, 30k, 100k/s and "max", the sender's ceiling) and each size, every receiver of
+SWEEP_RECEIVERS (or --receivers) streams in a process of its own; the report gives per rate its
+CPU per datagram and ratio to socket.recvfrom_into, losses and one-way latency p50/p99, and
+--svg draws CPU and p99 against the rate.  Nothing is pinned there unless --pin is given.
+With --sockets, bench.py runs tools/bench_sockets.py instead, with all the
 arguments (see its --help): memory, open and close time of N sockets bound to 0.0.0.0, and the
 CPU of K sockets of one process reading one multicast stream, against kernel sockets.
 """
@@ -26,9 +32,34 @@ import time
 
 import _common
 import bench_sockets
-from bench_report import report_text, summarize, summarize_stream, svg_chart
-from bench_run import FRAGMENTED_SIZE, STREAM_FRAG_LADDER, STREAM_LADDER, STREAM_MAX_LAG, Bench
-from bench_worker import DEFAULT_RECEIVERS, RECEIVERS, available_receivers, worker_main
+from bench_report import (
+    report_text,
+    summarize,
+    summarize_stream,
+    summarize_sweep,
+    svg_chart,
+    svg_sweep,
+    sweep_report_text,
+)
+from bench_run import (
+    FRAGMENTED_SIZE,
+    STREAM_FRAG_LADDER,
+    STREAM_LADDER,
+    STREAM_MAX_LAG,
+    SWEEP_RATES,
+    Bench,
+    parse_rates,
+    rate_key,
+)
+from bench_worker import (
+    COUNTERPARTS,
+    DEFAULT_RECEIVERS,
+    RECEIVERS,
+    STREAM_ONLY,
+    SWEEP_RECEIVERS,
+    available_receivers,
+    worker_main,
+)
 
 
 def build_parser():
@@ -49,8 +80,11 @@ def build_parser():
                            "(needs root; default when root, except with --quick)"
                            % FRAGMENTED_SIZE)
     frag.add_argument("--no-fragmented", dest="fragmented", action="store_false")
-    p.add_argument("--receivers", default=",".join(DEFAULT_RECEIVERS),
-                   help="comma-separated subset of: %s" % ", ".join(RECEIVERS))
+    p.add_argument("--receivers",
+                   help="comma-separated subset of: %s (default: %s; with --sweep: %s, those "
+                        "that this udpcap_ctypes has)"
+                        % (", ".join(RECEIVERS), ", ".join(DEFAULT_RECEIVERS),
+                           ", ".join(SWEEP_RECEIVERS)))
     p.add_argument("--latency-rate", type=float, default=1000.0,
                    help="datagrams/s of the latency run (default 1000)")
     p.add_argument("--latency-seconds", type=float, default=2.0,
@@ -84,13 +118,28 @@ def build_parser():
                         "failing rate (default 1)"
                         % ("/".join("%dk" % (r // 1000) for r in STREAM_LADDER),
                            "/".join(str(r) for r in STREAM_FRAG_LADDER)))
+    p.add_argument("--sweep", action="store_true",
+                   help="run only the rate sweep: every receiver streams at each rate of "
+                        "--sweep-rates; CPU per datagram and its ratio to the socket's, loss "
+                        "and one-way latency p50/p99 per rate (sizes --sizes, --repeat runs)")
+    p.add_argument("--sweep-rates", default=",".join(rate_key(r) for r in SWEEP_RATES),
+                   help="datagrams/s of the sweep, comma-separated; 'max': as fast as send.py "
+                        "can (default %(default)s)")
+    p.add_argument("--sweep-seconds", type=float, default=3.0,
+                   help="length of each sweep run (default 3; --quick: at most 0.5)")
+    p.add_argument("--pin", action="store_true",
+                   help="sweep: pin each receiver to the first usable CPU and each sender to "
+                        "the second (default: nothing pinned; the other phases always pin "
+                        "where there are two CPUs)")
     p.add_argument("--rcvbuf", type=int, default=256 << 20,
                    help="receive buffer of every receiver in bytes (default 256 MiB)")
     p.add_argument("--port", type=int, default=15500, help="first UDP port used (default 15500)")
     p.add_argument("--quick", action="store_true",
                    help="small counts and one repeat (for tests; about half a minute)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--svg", metavar="FILE", help="write the drain rates as an SVG bar chart")
+    p.add_argument("--svg", metavar="FILE",
+                   help="write the drain rates as an SVG bar chart; with --sweep, CPU per "
+                        "datagram and p99 latency against the rate, a line per receiver")
     p.add_argument("--verbose", action="store_true", help="progress on stderr also with --json")
     p.add_argument("--sockets", metavar="N,N,...", nargs="?", const="1,10,100",
                    help="run tools/bench_sockets.py instead, with every argument given (as "
@@ -125,6 +174,7 @@ def main(argv=None):
         args.latency_seconds = min(args.latency_seconds, 0.5)
         args.idle_seconds = min(args.idle_seconds, 1.0)
         args.stream_seconds = min(args.stream_seconds, 0.5)
+        args.sweep_seconds = min(args.sweep_seconds, 0.5)
         if args.fragmented is None:
             args.fragmented = False
     try:
@@ -136,11 +186,17 @@ def main(argv=None):
                                  "fragmented traffic is --fragmented" % size)
     except ValueError as exc:
         parser.error("--sizes: %s" % exc)
-    wanted = [r for r in args.receivers.split(",") if r]
+    wanted = [r for r in (args.receivers or "").split(",") if r]
     unknown = [r for r in wanted if r not in RECEIVERS]
     if unknown:
         parser.error("unknown receiver(s) %s; choose from %s" % (", ".join(unknown),
                                                                  ", ".join(RECEIVERS)))
+    if args.sweep:
+        return sweep_main(args, parser, sizes, wanted)
+    stream_only = [r for r in wanted if r in STREAM_ONLY]
+    if stream_only:
+        parser.error("%s: only with --sweep" % ", ".join(stream_only))
+    wanted = wanted or list(DEFAULT_RECEIVERS)
     if args.repeat < 1 or args.count < 1:
         parser.error("--repeat and --count must be at least 1")
     if args.stream_seconds <= 0 or any(r is not None and r <= 0 for r in
@@ -151,9 +207,7 @@ def main(argv=None):
     if args.fragmented and not _common.is_root():
         parser.error("--fragmented creates network namespaces and needs root")
     receivers, skipped = available_receivers(wanted)
-    bench = Bench(args)
-    for name, why in skipped.items():
-        bench.log("skipping %s (%s)" % (name, why))
+    bench = start_bench(args, skipped)
     started = time.monotonic()
     runs = bench.run(receivers, sizes, args.fragmented)
     rows = summarize(runs)
@@ -177,6 +231,54 @@ def main(argv=None):
         print(json.dumps(report, indent=1))
     else:
         print(report_text(report))
+    return 0
+
+
+def start_bench(args, skipped):
+    """A Bench for *args*, once it has said which receivers it skips ({name: why})."""
+    bench = Bench(args)
+    for name, why in skipped.items():
+        bench.log("skipping %s (%s)" % (name, why))
+    return bench
+
+
+def sweep_receivers(wanted):
+    """``(receivers, skipped)`` of the sweep: *wanted*, or SWEEP_RECEIVERS that can run here,
+    where a counterpart (asyncio on a socket) runs only with the receiver it is there for."""
+    chosen, skipped = available_receivers(wanted or SWEEP_RECEIVERS)
+    if not wanted:
+        for receiver, counterpart in COUNTERPARTS.items():
+            if receiver not in chosen and counterpart in chosen:
+                chosen.remove(counterpart)
+                skipped[counterpart] = "only beside %s" % receiver
+    return chosen, skipped
+
+
+def sweep_main(args, parser, sizes, wanted):
+    """bench.py --sweep: the rate sweep (bench_run.Bench.sweep), its report and chart."""
+    try:
+        rates = parse_rates(args.sweep_rates)
+    except ValueError as exc:
+        parser.error("--sweep-rates: %s" % exc)
+    if args.sweep_seconds <= 0 or args.repeat < 1:
+        parser.error("--sweep-seconds and --repeat must be positive")
+    receivers, skipped = sweep_receivers(wanted)
+    bench = start_bench(args, skipped)
+    started = time.monotonic()
+    runs = bench.sweep(receivers, sizes, rates)
+    report = {"machine": bench_sockets.machine(), "sweep_rows": summarize_sweep(runs),
+              "runs": runs, "skipped": skipped, "seconds": time.monotonic() - started,
+              "settings": {"sweep_rates": [rate_key(r) for r in rates], "sizes": sizes,
+                           "sweep_seconds": args.sweep_seconds, "repeat": args.repeat,
+                           "receivers": receivers, "rcvbuf": args.rcvbuf,
+                           "stream_guard": args.stream_guard,
+                           "pinned": list(bench.sweep_cpus) if args.pin and
+                           bench.sweep_cpus[0] is not None else None,
+                           "clock": _common.clock_name()}}
+    if args.svg:
+        with open(args.svg, "w") as f:
+            f.write(svg_sweep(report["sweep_rows"]))
+    print(json.dumps(report, indent=1) if args.json else sweep_report_text(report))
     return 0
 
 

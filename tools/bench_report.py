@@ -3,14 +3,34 @@
 summarize() and summarize_stream() reduce the runs to rows, one per receiver and size: medians
 over the repeats, and ratios to the socket.recvfrom_into baseline at the same size.  table(),
 stream_table() and svg_chart() format those rows, and report_text() is all that bench.py
-prints without --json.  Figures that are missing (a receiver that failed, no baseline to
-divide by) are None in the rows and "-" in the tables.  Nothing here measures or runs
-anything.
+prints without --json.  For the rate sweep (bench.py --sweep, bench_run.Bench.sweep),
+summarize_sweep() makes a row per receiver, size and rate, sweep_report_text() the tables and
+svg_sweep() the charts of CPU per datagram and p99 latency against the rate.  Figures that are
+missing (a receiver that failed, no baseline to divide by) are None in the rows and "-" in the
+tables.  Nothing here measures or runs anything.
 """
+
+import math
 
 import _common
 from bench_run import SENDER_SHORTFALL
-from bench_worker import BASELINE, BATCHED, RECEIVERS, STREAM_SAMPLE_EVERY, UNMODERATED
+from bench_sockets import machine_line
+from bench_worker import (
+    ASYNC_SOCKET,
+    ASYNC_UDPCAP,
+    BASELINE,
+    BATCH_CALL,
+    BATCHED,
+    COUNTERPARTS,
+    RECEIVERS,
+    STREAM_SAMPLE_EVERY,
+    UNMODERATED,
+)
+
+COLORS = {"UdpcapSocket.recvfrom_into": "#1f77b4", "UdpcapSocket.recvfrom": "#6baed6",
+          UNMODERATED: "#9ecae1", BATCHED: "#9467bd", BATCH_CALL: "#17becf",
+          BASELINE: "#2ca02c", ASYNC_UDPCAP: "#e377c2", ASYNC_SOCKET: "#8c564b",
+          "pypcap+dpkt": "#ff7f0e", "scapy": "#d62728"}
 
 
 def summarize(runs):
@@ -54,11 +74,17 @@ def _paired_ratio(runs, receiver, size, field):
     Runs of one repeat are minutes apart at most, runs of different repeats can be far apart:
     on a shared machine the pairing takes the drift out of the ratio.
     """
-    def by_repeat(name):
-        cell = runs.get(name, {}).get("sizes", {}).get(str(size), {})
-        return {r["repeat"]: r[field] for r in cell.get("latency", []) if "repeat" in r}
-    mine, base = by_repeat(receiver), by_repeat(BASELINE)
-    return _common.median(mine[k] / base[k] for k in mine if base.get(k))
+    def latency(name):
+        return runs.get(name, {}).get("sizes", {}).get(str(size), {}).get("latency", [])
+    return _common.median(_repeat_ratios(latency(receiver), latency(BASELINE), field))
+
+
+def _repeat_ratios(mine, base, field):
+    """*field* of each result of *mine* divided by that of the result of *base* with the same
+    "repeat" (results without one, or without the figure, are left out)."""
+    by_repeat = {r["repeat"]: r.get(field) for r in base if "repeat" in r}
+    return [r[field] / by_repeat[r["repeat"]] for r in mine
+            if r.get(field) is not None and by_repeat.get(r.get("repeat"))]
 
 
 def summarize_stream(runs, info):
@@ -165,9 +191,6 @@ def stream_table(rows, info):
 
 def svg_chart(rows, title="drain rate, datagrams/s (median)"):
     """Horizontal bar chart of the drain rates, one group per size, hand-written SVG."""
-    colors = {"UdpcapSocket.recvfrom_into": "#1f77b4", "UdpcapSocket.recvfrom": "#6baed6",
-              UNMODERATED: "#9ecae1", BATCHED: "#9467bd", BASELINE: "#2ca02c",
-              "pypcap+dpkt": "#ff7f0e", "scapy": "#d62728"}
     label_w, bar_w, bar_h, gap = 230, 420, 18, 4
     y = 40
     parts = []
@@ -183,7 +206,7 @@ def svg_chart(rows, title="drain rate, datagrams/s (median)"):
             parts.append('<text x="%d" y="%d" text-anchor="end">%s</text>'
                          % (label_w - 6, y + 13, _xml(r["receiver"])))
             parts.append('<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>'
-                         % (label_w, y, width, bar_h, colors.get(r["receiver"], "#888")))
+                         % (label_w, y, width, bar_h, COLORS.get(r["receiver"], "#888")))
             parts.append('<text x="%.1f" y="%d">%s</text>'
                          % (label_w + width + 4, y + 13,
                             "%s/s" % _fmt(r["drain_rate"], ",.0f") if r["drain_rate"]
@@ -228,3 +251,227 @@ def report_text(report):
     out.append("(medians of %d run(s); ratios vs %s; %.0f s)"
                % (settings["repeat"], BASELINE, report["seconds"]))
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the rate sweep
+
+def summarize_sweep(runs):
+    """A row per receiver, size and rate of Bench.sweep's *runs*, in table order.
+
+    Medians over the repeats of: sent/s (the sender's achieved rate), received/s, datagrams
+    lost (sent minus received sequence numbers) and lost %, CPU us a datagram of the receiver
+    process, one-way latency p50/p99.  cpu_ratio is the median over the repeats of the CPU per
+    datagram divided by socket.recvfrom_into's in the same repeat; cpu_ratio_min/_max are the
+    extremes of those per-repeat ratios and cpu_spread_pct the range of the receiver's own
+    CPU figure in % of its median (the noise).  A receiver of COUNTERPARTS also gets
+    cpu_ratio_counterpart, against its counterpart the same way.
+    """
+    rows = []
+    for receiver, sizes in runs.items():
+        for size, rates in sizes.items():
+            for key, cell in rates.items():
+                rows.append(_sweep_row(runs, receiver, size, key, cell))
+    order = {name: i for i, name in enumerate(RECEIVERS)}
+    rows.sort(key=lambda r: (r["size"], r["rate"] is None, r["rate"] or 0,
+                             order.get(r["receiver"], 99)))
+    return rows
+
+
+def _sweep_row(runs, receiver, size, key, cell):
+    """summarize_sweep's row of one receiver at one size and rate."""
+    results = cell.get("sweep", [])
+
+    def med(field):
+        return _common.median(r.get(field) for r in results)
+
+    def ratios(other):
+        base = runs.get(other, {}).get(size, {}).get(key, {}).get("sweep", [])
+        return _repeat_ratios(results, base, "cpu_us")
+
+    cpu = [r["cpu_us"] for r in results if r.get("cpu_us") is not None]
+    to_base = ratios(BASELINE)
+    row = {"receiver": receiver, "size": int(size), "rate_key": key,
+           "rate": None if key == "max" else float(key), "repeats": len(results),
+           "sent_rate": med("sender_rate"), "receive_rate": med("rate"),
+           "sent": med("sent"), "lost": med("drops"),
+           "lost_pct": _common.median(100.0 * r["drops"] / r["sent"] for r in results
+                                      if r.get("sent")),
+           "cpu_us_per_datagram": med("cpu_us"),
+           "cpu_ratio": _common.median(to_base),
+           "cpu_ratio_min": min(to_base) if to_base else None,
+           "cpu_ratio_max": max(to_base) if to_base else None,
+           "cpu_spread_pct": 100.0 * (max(cpu) - min(cpu)) / _common.median(cpu)
+           if len(cpu) > 1 and _common.median(cpu) else None,
+           "latency_p50_us": med("latency_p50_us"), "latency_p99_us": med("latency_p99_us"),
+           "errors": cell.get("errors", [])}
+    if receiver in COUNTERPARTS:
+        row["counterpart"] = COUNTERPARTS[receiver]
+        row["cpu_ratio_counterpart"] = _common.median(ratios(COUNTERPARTS[receiver]))
+    return row
+
+
+def _rate_label(rate):
+    """1000 -> "1,000/s"; None (as fast as the sender could) -> "max"."""
+    return "max" if rate is None else format(rate, ",.0f") + "/s"
+
+
+def sweep_table(rows):
+    """The sweep rows of one size as a text table, then a line for each error of a run."""
+    head = ("rate", "receiver", "sent/s", "CPU us/dgram", "CPU x", "x min-max", "lost",
+            "lost %", "p50 us", "p99 us")
+    lines = []
+    for r in rows:
+        spread = ("-" if r["cpu_ratio_min"] is None else
+                  "%.2f-%.2f" % (r["cpu_ratio_min"], r["cpu_ratio_max"]))
+        lines.append((_rate_label(r["rate"]), r["receiver"], _fmt(r["sent_rate"], ",.0f"),
+                      _fmt(r["cpu_us_per_datagram"], ".2f"), _fmt(r["cpu_ratio"], ".2f"),
+                      spread, _fmt(r["lost"], ",.0f"), _fmt(r["lost_pct"], ".2f"),
+                      _fmt(r["latency_p50_us"], ",.0f"), _fmt(r["latency_p99_us"], ",.0f")))
+    out = _columns(head, lines)
+    for r in rows:
+        for err in r["errors"]:
+            out.append("! %s at %s: %s" % (r["receiver"], _rate_label(r["rate"]), err))
+    return "\n".join(out)
+
+
+def sweep_noise_note(rows):
+    """One line on the noise: how much one receiver's CPU per datagram moved between the
+    repeats of one rate (median and widest), or None with a single repeat."""
+    spreads = [(r["cpu_spread_pct"], r) for r in rows if r["cpu_spread_pct"] is not None]
+    if not spreads:
+        return None
+    widest, row = max(spreads, key=lambda x: x[0])
+    return ("noise: a receiver's CPU us/dgram at one rate ranged over %.0f%% of its median "
+            "between repeats (median of all rows; widest %.0f%%: %s %d B at %s); 'x min-max' "
+            "is the range of the per-repeat ratios"
+            % (_common.median(x for x, _ in spreads), widest, row["receiver"], row["size"],
+               _rate_label(row["rate"])))
+
+
+def sweep_report_text(report):
+    """What bench.py --sweep prints for *report* (its JSON output)."""
+    settings, rows = report["settings"], report["sweep_rows"]
+    out = [machine_line(report["machine"], settings["pinned"]),
+           "rate sweep over lo: send.py paces each rate ('max': as fast as it can) for %g s; "
+           "each receiver reads with its call in a loop in a process of its own; CPU: that "
+           "process's CPU time from its first datagram to its last per datagram; CPU x: that "
+           "divided by %s's in the same repeat; lost: sequence numbers sent and never read; "
+           "p50/p99: one-way latency of every datagram" % (settings["sweep_seconds"], BASELINE)]
+    for size in sorted({r["size"] for r in rows}):
+        out += ["", "%d B datagrams" % size, sweep_table([r for r in rows if r["size"] == size])]
+    notes = [sweep_noise_note(rows)]
+    notes += ["%s %d B at %s: CPU x %s against %s" % (
+        r["receiver"], r["size"], _rate_label(r["rate"]), _fmt(r["cpu_ratio_counterpart"], ".2f"),
+        r["counterpart"]) for r in rows if r.get("counterpart")]
+    notes += ["skipped %s (%s)" % item for item in sorted(report.get("skipped", {}).items())]
+    out += [""] + [n for n in notes if n]
+    out.append("(medians of %d run(s); %.0f s)" % (settings["repeat"], report["seconds"]))
+    return "\n".join(out)
+
+
+SVG_PANEL_W, SVG_PANEL_H = 460, 270      # one chart, axes and labels included
+SVG_PLOT = (70, 34, 440, 226)            # plot area inside a panel: left, top, right, bottom
+
+
+def svg_sweep(rows):
+    """Hand-written SVG of the sweep: for each size a row of two charts, CPU us a datagram
+    and p99 one-way latency against the rate, one line per receiver, both axes log-scale.
+    A point sits at its target rate; the 'max' point (a square) at the rate the sender
+    reached.  The legend above gives the receivers' colours."""
+    receivers = sorted({r["receiver"] for r in rows},
+                       key=lambda n: RECEIVERS.index(n) if n in RECEIVERS else 99)
+    sizes = sorted({r["size"] for r in rows})
+    legend_h = 42 + 18 * len(receivers)
+    parts = ['<text x="10" y="22" font-size="15" font-weight="bold">rate sweep: receiver CPU '
+             'per datagram and p99 latency against the rate (medians)</text>',
+             '<text x="14" y="%d">circles: paced rates; squares: as fast as send.py could, '
+             'at the rate it reached; both axes log-scale</text>' % (40 + 18 * len(receivers))]
+    for i, name in enumerate(receivers):
+        y = 40 + 18 * i
+        parts.append('<rect x="14" y="%d" width="22" height="4" fill="%s"/>'
+                     '<text x="44" y="%d">%s</text>'
+                     % (y - 4, COLORS.get(name, "#888"), y, _xml(name)))
+    for j, size in enumerate(sizes):
+        group = [r for r in rows if r["size"] == size]
+        top = legend_h + 10 + j * SVG_PANEL_H
+        for k, (field, what) in enumerate((("cpu_us_per_datagram", "CPU us per datagram"),
+                                           ("latency_p99_us", "p99 latency, us"))):
+            series = [(name, [(r["rate"] or r["sent_rate"], r[field], r["rate"] is None)
+                              for r in group if r["receiver"] == name])
+                      for name in receivers]
+            parts += _svg_panel(k * SVG_PANEL_W, top, "%d B: %s" % (size, what), series)
+    return ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+            'font-family="sans-serif" font-size="12">\n'
+            '<rect width="100%%" height="100%%" fill="white"/>\n%s\n</svg>\n'
+            % (2 * SVG_PANEL_W, legend_h + 10 + len(sizes) * SVG_PANEL_H, "\n".join(parts)))
+
+
+def _svg_panel(x0, y0, title, series):
+    """The SVG elements of one log-log chart at (*x0*, *y0*): *series* is
+    [(receiver, [(rate, value, is_max), ...])]; points without both figures are left out."""
+    left, top, right, bottom = SVG_PLOT
+    points = [(x, y) for _, pts in series for x, y, _m in pts if x and y]
+    out = ['<text x="%d" y="%d" font-weight="bold">%s</text>'
+           % (x0 + left, y0 + top - 12, _xml(title))]
+    if not points:
+        return out + ['<text x="%d" y="%d">no data</text>' % (x0 + left + 10, y0 + top + 20)]
+    xs, ys = _log_axis([x for x, _ in points]), _log_axis([y for _, y in points])
+
+    def px(value, axis, lo, hi):
+        a, b = axis[0], axis[-1]
+        return lo + (hi - lo) * (math.log10(value) - math.log10(a)) / (
+            math.log10(b) - math.log10(a))
+
+    def at(x, y):
+        return px(x, xs, x0 + left, x0 + right), px(y, ys, y0 + bottom, y0 + top)
+
+    for tick in xs:
+        x, _ = at(tick, ys[0])
+        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>'
+                   '<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
+                   % (x, y0 + top, x, y0 + bottom, x, y0 + bottom + 15, _short(tick)))
+    for tick in ys:
+        _, y = at(xs[0], tick)
+        out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>'
+                   '<text x="%d" y="%.1f" text-anchor="end">%s</text>'
+                   % (x0 + left, y, x0 + right, y, x0 + left - 5, y + 4, _short(tick)))
+    out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>'
+               % (x0 + left, y0 + top, right - left, bottom - top))
+    out.append('<text x="%d" y="%d" text-anchor="middle">datagrams/s (log)</text>'
+               % (x0 + (left + right) // 2, y0 + bottom + 32))
+    for name, pts in series:
+        color = COLORS.get(name, "#888")
+        xy = [(at(x, y), is_max) for x, y, is_max in sorted(pts, key=lambda p: p[0] or 0)
+              if x and y]
+        if len(xy) > 1:
+            out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>'
+                       % (color, " ".join("%.1f,%.1f" % p for p, _ in xy)))
+        for (x, y), is_max in xy:
+            out.append('<rect x="%.1f" y="%.1f" width="7" height="7" fill="%s"/>'
+                       % (x - 3.5, y - 3.5, color) if is_max else
+                       '<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>' % (x, y, color))
+    return out
+
+
+def _log_axis(values):
+    """Ticks of a log axis covering *values* (> 0): whole decades, with 2 and 5 between them
+    when the axis spans two decades or less; the first and last tick are its ends."""
+    lo = 10 ** math.floor(math.log10(min(values)))
+    hi = 10 ** math.ceil(math.log10(max(values)))
+    if hi <= lo:
+        hi = lo * 10
+    steps = (1, 2, 5) if hi / lo <= 100 else (1,)
+    ticks = []
+    decade = lo
+    while decade < hi:
+        ticks += [m * decade for m in steps]
+        decade *= 10
+    return ticks + [hi]
+
+
+def _short(value):
+    """An axis label: 1000 -> "1k", 2000000 -> "2M", 0.5 -> "0.5"."""
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if value >= div:
+            return "%g%s" % (value / div, unit)
+    return "%g" % value

@@ -9,13 +9,19 @@ drain and latency runs, then (with --stream) the stream runs, and returns the ra
                                  "latency": [...], "stream": [...], "errors": [...]}}}}
 
 A result is a worker's RESULT (see bench_worker) plus what the parent knows: the sender's
-figures for drain and stream runs, the repeat a latency run belongs to.  A run that fails
+figures for drain and stream runs, the repeat a latency or sweep run belongs to.  A run that fails
 adds "<phase>: <why>" to "errors"; it does not end the benchmark.  Bench.stream_info holds,
 per size, the stream rate and how it was chosen (search_rate).  bench_report reduces the
 results to rows.
 
+Bench.sweep(receivers, sizes, rates) is the rate sweep of bench.py --sweep instead: stream
+runs at each rate of SWEEP_RATES (None: as fast as send.py can), recording the one-way latency
+of every datagram, and returns {receiver: {size: {rate_key(rate): {"sweep": [result, ...],
+"errors": [...]}}}}.  Nothing is pinned there unless --pin is given.
+
 Receivers run tools/bench_worker.py, senders tools/send.py.  Where this process may run on
-two CPUs or more, workers are pinned to the first and senders to the second.  Loopback traffic
+two CPUs or more, workers are pinned to the first and senders to the second (in the sweep only
+with --pin).  Loopback traffic
 goes to 127.0.0.1; fragmented traffic between the two network namespaces of a NamespacePair.
 """
 
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from bench_worker import BASELINE, OPTIONAL
+from bench_worker import BASELINE, OPTIONAL, STREAM_SAMPLE_EVERY
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 SLOW_RECEIVER_CAP = {"scapy": 10000}     # drain count cap: scapy takes ~0.3 ms a datagram
@@ -39,6 +45,9 @@ STREAM_MAX_LAG = 0.1         # s: a receiver this far behind the sender is not k
 SENDER_SHORTFALL = 0.97      # the sender reached the rate if it achieved this fraction of it
 QUICK_STREAM_RATE = 20000    # --quick: one fixed rate, no search (fragmented: 1000)
 QUICK_STREAM_FRAG_RATE = 1000
+SWEEP_RATES = (1000, 10000, 30000, 100000, None)   # datagrams/s; None: the sender's ceiling
+MAX_RATE_BOUND = 1000000     # /s no send.py reaches: sizes a ceiling run's sequence space
+SWEEP_SAMPLES_PER_SECOND = 200   # CPU readings a second of a sweep run (process_time costs)
 
 
 class Path:
@@ -103,6 +112,9 @@ class Bench:
         self.port = args.port
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.rx_cpu, self.tx_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+        # the sweep runs unpinned unless --pin: what a user's receiver sees
+        pin = getattr(args, "pin", False)
+        self.sweep_cpus = (self.rx_cpu, self.tx_cpu) if pin else (None, None)
         self.stream_info = {}        # size -> {"rate", "limited_by", "steps", "path"}
 
     def log(self, text):
@@ -118,7 +130,7 @@ class Bench:
 
     def start_worker(self, path, spec):
         """A bench_worker process for *spec* on the receiving side of *path*, once READY."""
-        spec = dict(spec, cpu=self.rx_cpu, rcvbuf=self.args.rcvbuf, iface=path.iface)
+        spec = dict({"cpu": self.rx_cpu}, rcvbuf=self.args.rcvbuf, iface=path.iface, **spec)
         cmd = path.prefix(path.recv_ns) + [sys.executable,
                                            os.path.join(TOOLS, "bench_worker.py"),
                                            json.dumps(spec)]
@@ -143,8 +155,9 @@ class Bench:
         return self._result((out, err))
 
     def run_sender(self, path, port, size, count, rate=None, timeout=120, end_marker=False,
-                   duration=None):
-        """Run send.py on the sending side of *path* to the end; its JSON summary."""
+                   duration=None, cpu=Ellipsis):
+        """Run send.py on the sending side of *path* to the end; its JSON summary.  *cpu*:
+        the CPU to pin it to (None: not pinned; by default the senders' CPU)."""
         cmd = path.prefix(path.send_ns) + [
             sys.executable, os.path.join(TOOLS, "send.py"), "%s:%d" % (path.send_to, port),
             "--size", str(size), "--count", str(count), "--json", "--quiet"]
@@ -154,8 +167,9 @@ class Bench:
             cmd += ["--end-marker"]
         if duration:
             cmd += ["--duration", "%.3f" % duration]
-        if self.tx_cpu is not None:
-            cmd += ["--cpu", str(self.tx_cpu)]
+        cpu = self.tx_cpu if cpu is Ellipsis else cpu
+        if cpu is not None:
+            cmd += ["--cpu", str(cpu)]
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True, timeout=timeout)
         if done.returncode != 0:
@@ -194,25 +208,34 @@ class Bench:
             raise
         return self.finish_worker(proc, timeout=30)
 
-    def stream(self, path, receiver, size, rate):
-        """One stream run: the receiver reads while the sender sends *rate*/s for
-        --stream-seconds; returns the receiver's figures plus the sender's."""
+    def stream(self, path, receiver, size, rate, sweep=False):
+        """One stream run: the receiver reads while the sender sends *rate*/s (None: as fast
+        as it can) for --stream-seconds; returns the receiver's figures plus the sender's.
+        A *sweep* run lasts --sweep-seconds, is pinned only with --pin and records the
+        latency of every datagram."""
         port = self.next_port()
-        seconds = self.args.stream_seconds
-        count = max(1, int(round(rate * seconds)))
-        cap = 1.5 * seconds + 2.0            # > the sender's own limit below
-        send_limit = 1.25 * seconds + 0.5    # a sender that cannot reach the rate stops here
-        proc = self.start_worker(path, {"mode": "stream", "receiver": receiver, "host":
-                                        path.send_to, "port": port, "count": count,
-                                        "max_seconds": cap, "guard": self.args.stream_guard})
+        seconds = self.args.sweep_seconds if sweep else self.args.stream_seconds
+        rx_cpu, tx_cpu = self.sweep_cpus if sweep else (self.rx_cpu, self.tx_cpu)
+        if rate:
+            count = max(1, int(round(rate * seconds)))
+            send_limit = 1.25 * seconds + 0.5    # a sender that cannot reach the rate stops
+        else:
+            count, send_limit = int(MAX_RATE_BOUND * seconds), seconds
+        cap = 1.5 * seconds + 2.0            # > the sender's own limit
+        spec = {"mode": "stream", "receiver": receiver, "host": path.send_to, "port": port,
+                "count": count, "max_seconds": cap, "guard": self.args.stream_guard,
+                "cpu": rx_cpu}
+        if sweep:
+            spec.update(latency_all=True, sample_every=sweep_sample_every(rate))
+        proc = self.start_worker(path, spec)
         try:
             sent = self.run_sender(path, port, size, count, rate=rate, end_marker=True,
-                                   duration=send_limit, timeout=3 * seconds + 60)
+                                   duration=send_limit, timeout=3 * seconds + 60, cpu=tx_cpu)
             try:
                 out = proc.communicate(timeout=cap + 5)
             except subprocess.TimeoutExpired:
                 # every end marker lost (or nothing received): send more, then give up
-                self.run_sender(path, port, size, 0, end_marker=True, timeout=60)
+                self.run_sender(path, port, size, 0, end_marker=True, timeout=60, cpu=tx_cpu)
                 out = proc.communicate(timeout=5)
         except BaseException:
             proc.kill()
@@ -368,6 +391,28 @@ class Bench:
                     self.attempt(cell, "stream", self.stream, path, receiver, size,
                                  info["rate"])
 
+    def sweep(self, receivers, sizes, rates):
+        """The rate sweep: for each size (over loopback) and rate of *rates* (None: the
+        sender's ceiling), every receiver streams --repeat times, taking turns within a repeat
+        (each repeat starts one receiver later, so that none always goes first).  Returns
+        {receiver: {size: {rate_key(rate): {"sweep": [result, ...], "errors": [...]}}}},
+        each result with its "repeat"."""
+        runs = {}
+        for size in sizes:
+            for rate in rates:
+                for rep in range(self.args.repeat):
+                    turn = rep % len(receivers)
+                    for receiver in receivers[turn:] + receivers[:turn]:
+                        cell = runs.setdefault(receiver, {}).setdefault(
+                            str(size), {}).setdefault(rate_key(rate), {})
+                        self.log("%s: %d B, sweep at %s for %.1f s (%d/%d)"
+                                 % (receiver, size, "%g/s" % rate if rate else "max",
+                                    self.args.sweep_seconds,
+                                    rep + 1, self.args.repeat))
+                        self.attempt(cell, "sweep", self.stream, LOOPBACK_PATH, receiver,
+                                     size, rate, True, repeat=rep)
+        return runs
+
     def run(self, receivers, sizes, fragmented):
         """Every phase for *receivers*: *sizes* over loopback, FRAGMENTED_SIZE between two
         namespaces when *fragmented*.  Returns the runs (see the module's docstring)."""
@@ -409,3 +454,34 @@ def _round_down(rate):
     """A round figure at most *rate* (thousands from 10,000, else hundreds), >= STREAM_MIN_RATE."""
     step = 1000 if rate >= 10000 else 100
     return max(STREAM_MIN_RATE, int(rate // step * step))
+
+
+def rate_key(rate):
+    """How a sweep rate is named in the runs and rows: "1000", ..., "max" for None."""
+    if rate is None:
+        return "max"
+    return "%d" % rate if rate == int(rate) else "%g" % rate
+
+
+def parse_rates(text):
+    """``"1000,10000,max"`` -> [1000.0, 10000.0, None]; ValueError for anything else."""
+    rates = []
+    for item in (x.strip() for x in text.split(",")):
+        if item == "max":
+            rates.append(None)
+        elif item:
+            rate = float(item)
+            if not rate > 0:
+                raise ValueError("rate %r is not positive" % item)
+            rates.append(rate)
+    if not rates:
+        raise ValueError("no rate given")
+    return rates
+
+
+def sweep_sample_every(rate):
+    """Datagrams between CPU readings of a sweep run at *rate*/s: SWEEP_SAMPLES_PER_SECOND
+    readings a second (at least every datagram, at most every STREAM_SAMPLE_EVERY)."""
+    if not rate:
+        return STREAM_SAMPLE_EVERY
+    return max(1, min(STREAM_SAMPLE_EVERY, int(rate / SWEEP_SAMPLES_PER_SECOND)))

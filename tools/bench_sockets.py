@@ -152,6 +152,15 @@ def machine():
     return info
 
 
+def machine_line(m, pinned):
+    """One line of what machine() found, and *pinned* ([receiver CPU, sender CPU] or None)."""
+    return ("machine: %s CPUs (%s usable), %s, Linux %s, %s %s, %s, %s MiB RAM; %s"
+            % (m["cpus"], m.get("cpus_usable", "?"), m["cpu_model"] or "CPU unknown",
+               m["kernel"], m["implementation"], m["python"], m["libpcap"],
+               m["mem_total_mib"], "receiver on CPU %d, sender on CPU %d" % tuple(pinned)
+               if pinned else "nothing pinned"))
+
+
 def read_meminfo():
     """/proc/meminfo as {name: bytes}."""
     values = {}
@@ -718,12 +727,8 @@ def stream_table(rows):
 
 def report_text(report):
     """What the tool prints without --json."""
-    m, s = report["machine"], report["settings"]
-    out = ["machine: %s CPUs (%s usable), %s, Linux %s, %s %s, %s, %s MiB RAM; %s"
-           % (m["cpus"], m.get("cpus_usable", "?"), m["cpu_model"] or "CPU unknown",
-              m["kernel"], m["implementation"], m["python"], m["libpcap"],
-              m["mem_total_mib"], "receiver on CPU %d, sender on CPU %d" % tuple(s["pinned"])
-              if s["pinned"] else "nothing pinned"),
+    s = report["settings"]
+    out = [machine_line(report["machine"], s["pinned"]),
            "namespace: lo + 2 veth (MTU 1500) to a peer namespace; every socket bound to "
            "0.0.0.0 with default settings (no receive buffer size set)", ""]
     if report["memory_rows"]:
