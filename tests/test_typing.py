@@ -18,10 +18,20 @@ import typing
 import pytest
 
 import udpcap_ctypes
-from udpcap_ctypes import _net, _packet, _pcap, _reassembly, _stats, errors, udpcap_socket
+from udpcap_ctypes import (
+    _asyncio,
+    _net,
+    _packet,
+    _pcap,
+    _reassembly,
+    _stats,
+    errors,
+    udpcap_socket,
+)
 
 # The modules whose every public callable is annotated (and that postpone annotations).
-ANNOTATED_MODULES = [udpcap_ctypes, udpcap_socket, errors, _packet, _reassembly, _stats, _net]
+ANNOTATED_MODULES = [udpcap_ctypes, udpcap_socket, errors, _packet, _reassembly, _stats, _net,
+                     _asyncio]
 
 
 def _own_functions(cls):

@@ -39,6 +39,11 @@ _OPEN_READ_BATCHES = 16  # batches open() reads of what a capture took before it
 # What a queued datagram costs beyond its payload, for the queue limit: the 4-tuple (72
 # bytes) and the bytes object's header (33), rounded up, as a kernel counts an skb's truesize.
 ENTRY_OVERHEAD = 128
+# Interrupt moderation (Receiver._moderate): pause only where at least this many frames are
+# expected within the budget, and no longer than it takes this many to arrive.
+MODERATE_FROM = 2.0
+MODERATE_BATCH = 64
+_RATE_WEIGHT = 0.25     # of each fill's rate in the moving average
 
 # The socket's counters that its subscriptions keep (see settle_stats) ...
 SUBSCRIPTION_COUNTERS = ("accepted", "accepted_bytes", "own_multicast_dropped",
@@ -52,6 +57,17 @@ CAPTURE_GAUGES = ("pending_datagrams", "pending_bytes")
 
 def is_multicast(address):
     return address >> 28 == 0xE
+
+
+def moderation_pause(rate, budget):
+    """Seconds to let frames collect before the next read, for an arrival *rate* (frames/s)
+    and a latency *budget* (seconds; 0: never): 0 where fewer than MODERATE_FROM frames would
+    arrive within the budget (a lone datagram pays no added latency), otherwise the budget, or
+    less where MODERATE_BATCH frames arrive sooner (bigger batches save little more, and a
+    short pause keeps the ring from filling)."""
+    if rate * budget < MODERATE_FROM:
+        return 0.0
+    return min(budget, MODERATE_BATCH / rate)
 
 
 class Subscription:
@@ -141,10 +157,13 @@ class Receiver:
         # ring's fd is readable exactly while unread frames remain, so the wait itself tells,
         # and an idle receiver makes one native call per datagram instead of two.
         self.drain_before_wait = platform.drain_before_wait or not options.immediate
-        # Interrupt moderation (Options.coalesce): _fill decides, the wait loop sleeps.
+        # Interrupt moderation (Options.coalesce, the latency budget): _fill estimates the
+        # arrival rate and decides, the wait loop sleeps self.pause.
         self.coalesce = (platform.coalesce_default(options.immediate)
                          if options.coalesce is None else options.coalesce)
         self.coalescing = False
+        self.pause = 0.0
+        self.rate = 0.0                 # frames/s seen by _fill (moving average)
         self._last_fill = 0.0
         self.lost = []                  # subscriptions whose capture failed (kept for counts)
         self.failure = None             # (errno, text) once no capture is left to read
@@ -499,7 +518,7 @@ class Receiver:
                         bit <<= 1
                 if self.coalescing:
                     # Frames arrive faster than wake-ups pay off: let some collect first.
-                    delay = self.coalesce
+                    delay = self.pause
                     if deadline is not None:
                         delay = min(delay, deadline - _monotonic())
                     if delay > 0:
@@ -641,11 +660,7 @@ class Receiver:
                             if len(captures) > 1:    # the next fill starts with the next one
                                 self.captures = captures[turn + 1:] + captures[:turn + 1]
                             if self.coalesce:
-                                # Coalesce once the capture is empty, if frames come more
-                                # than one per wake-up or closer together than two delays.
-                                self.coalescing = shared.reader.exhausted and (
-                                    found > 1 or now - self._last_fill < 2.0 * self.coalesce)
-                                self._last_fill = now
+                                self._moderate(found, now, shared.reader.exhausted)
                             return True
                         found = shared.read(now, self)
             except PcapError as exc:
@@ -659,6 +674,19 @@ class Receiver:
         if self.failure is not None:
             raise OSError(*self.failure)
         return False
+
+    def _moderate(self, found, now, exhausted):
+        """Interrupt moderation that adapts to the rate, as NICs and Linux's net DIM do: after
+        a fill that read *found* frames, update the arrival rate (a moving average of frames
+        over the time since the previous fill) and pause before the next read as
+        :func:`moderation_pause` says for the budget (``coalesce``).  Never with frames left
+        in the capture: the next read comes at once."""
+        elapsed = now - self._last_fill
+        self._last_fill = now
+        if elapsed > 0.0:
+            self.rate += (found / elapsed - self.rate) * _RATE_WEIGHT
+        self.pause = moderation_pause(self.rate, self.coalesce) if exhausted else 0.0
+        self.coalescing = self.pause > 0.0
 
     def take_watch(self):
         """A thread that waited on a shared device left its receive: this socket's blocked
@@ -702,6 +730,7 @@ class Receiver:
             if self.readiness is not None:
                 self.readiness.watch(self.waiter, [c.capture for c in self.captures])
             return
+        self.lost.extend(self.captures)   # released by close() with the rest
         self.captures = []
         self.failure = (errno.ENETDOWN, "cannot receive: the capture on %s failed (%s)%s. Fix: "
                         "bind a new socket once the interface is back"

@@ -204,11 +204,14 @@ class UdpcapSocket:
     ``verify_udp_checksum`` (False): drop datagrams whose UDP checksum is wrong.  Only for real
         NICs: with checksum offload, locally sent frames (and veth) carry partial checksums.
     ``reassembly_timeout`` (30.0): seconds an incomplete fragmented datagram is kept.
-    ``coalesce`` (None = platform default: 100 µs on Linux in immediate mode, else 0): while
-        datagrams arrive faster than one per ``2 * coalesce`` seconds, a receive that has
-        emptied the capture sleeps this long before reading again, so that one wake-up serves
-        many frames (interrupt moderation, as NICs do).  It adds up to about this much latency
-        under load and none at low rates.  0 wakes up for every frame.  At most 0.01 s.
+    ``coalesce`` (None = platform default: 100 µs on Linux in immediate mode, else 0): the
+        latency budget of interrupt moderation, in seconds.  The receiver estimates the arrival
+        rate; where at least two frames would arrive within the budget, a receive that has
+        emptied the capture sleeps up to the budget (less at very high rates: until 64 frames
+        have arrived) before reading again, so that one wake-up serves many frames, as NICs
+        and Linux's net DIM moderate interrupts.  It adds at most about the budget (plus the
+        kernel's timer slack) of latency under load, and none at low rates.  0 turns it off.
+        At most 0.01 s.
 
     Raises :class:`~udpcap_ctypes.CaptureUnavailableError` when the capture library is missing.
     """
