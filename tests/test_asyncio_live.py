@@ -564,6 +564,54 @@ def test_many_endpoints_on_one_loop(netns, stack, kind):
     assert_released()
 
 
+class CountingSocket(UdpcapSocket):
+    """An UdpcapSocket that counts its receive calls (the receive path is the real one)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.receives = 0
+
+    def recvfrom_batch(self, max_datagrams, bufsize=65535):
+        self.receives += 1
+        return super().recvfrom_batch(max_datagrams, bufsize)
+
+
+def test_idle_endpoints_on_a_shared_device_are_not_woken(netns, stack):
+    """30 endpoints on one loop share the loopback capture; 300 datagrams go to the first
+    port only.  The capture's fd is waited on once per loop, so the idle endpoints' receives
+    run (almost) never; with every endpoint's fd covering the capture, each frame made each
+    of them receive once (about 29 x 300 calls)."""
+    count, endpoints_wanted = 300, 30
+    ports = [PORT + 200 + i for i in range(endpoints_wanted)]
+    tx = udp_socket(netns)
+    stack.callback(tx.close)
+
+    async def main():
+        endpoints = []
+        try:
+            for port in ports:
+                sock = CountingSocket()
+                sock.bind(("127.0.0.1", port))
+                endpoints.append(await create_datagram_endpoint(Recorder, sock=sock))
+            busy = endpoints[0][1]
+            for seq in range(count):
+                tx.sendto(b"%d" % seq, ("127.0.0.1", ports[0]))
+                if seq % 20 == 19:
+                    await asyncio.sleep(0.002)      # within the 256-frame loopback ring
+            got = await busy.received(count)
+            assert [d for d, _ in got] == [b"%d" % seq for seq in range(count)]
+            idle = [t.get_extra_info("socket").receives for t, _p in endpoints[1:]]
+            assert all(not p.datagrams for _t, p in endpoints[1:])
+            return idle
+        finally:
+            for transport, _protocol in endpoints:
+                transport.close()
+
+    idle = run(netns, main, asyncio.SelectorEventLoop)
+    assert sum(idle) <= 2 * len(idle), idle
+    assert_released()
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 class CaptureLeft(AssertionError):

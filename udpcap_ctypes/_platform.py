@@ -599,6 +599,12 @@ class Readiness:
         self._flag = False
         self._lock = threading.Lock()
         self._fds = set()
+        # False: leave the capture fds out (an owner that waits on them itself: the asyncio
+        # endpoint reads each shared capture once per event loop); the queue pipe and the
+        # wake pipe still count.
+        self.watch_captures = True
+        self._waiter = None
+        self._captures = ()
         self._watch({self._read})
 
     def fileno(self):
@@ -606,9 +612,18 @@ class Readiness:
 
     def watch(self, waiter, captures):
         """Cover these captures (and *waiter*'s wake pipe) from now on."""
+        self._waiter, self._captures = waiter, tuple(captures)
         fds = {self._read, waiter.wake_fd}
-        fds.update(fd for fd in (c.selectable_fd() for c in captures) if fd >= 0)
+        if self.watch_captures:
+            fds.update(fd for fd in (c.selectable_fd() for c in captures) if fd >= 0)
         self._watch(fds)
+
+    def leave_captures_out(self):
+        """Stop covering the capture fds, now and after later :meth:`watch` calls (see
+        :attr:`watch_captures`)."""
+        self.watch_captures = False
+        if self._waiter is not None:
+            self.watch(self._waiter, self._captures)
 
     def _watch(self, fds):
         epoll = hasattr(self._poller, "register")
