@@ -32,7 +32,7 @@ import logging
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, List, Optional, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union
 
 from .errors import NotBoundError, SocketClosedError
 from .udpcap_socket import Address, Host, UdpcapSocket
@@ -91,7 +91,7 @@ class UdpcapDatagramTransport(asyncio.DatagramTransport):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: UdpcapSocket,
                  protocol: asyncio.BaseProtocol,
-                 waiter: Optional[asyncio.Future] = None) -> None:
+                 waiter: "Optional[asyncio.Future[None]]" = None) -> None:
         super().__init__(extra={"socket": sock, "sockname": sock.getsockname(),
                                 "peername": None})
         self._loop = loop
@@ -112,7 +112,7 @@ class UdpcapDatagramTransport(asyncio.DatagramTransport):
 
     # -- the DatagramTransport interface -------------------------------------------------------
 
-    def sendto(self, data: Any, addr: Optional[Address] = None) -> None:
+    def sendto(self, data: Any, addr: Any = None) -> None:
         """Not supported: raises ``OSError(EOPNOTSUPP)``.  This endpoint only receives; send
         with a ``socket.socket`` or with asyncio's own ``loop.create_datagram_endpoint``."""
         raise OSError(errno.EOPNOTSUPP, "an udpcap_ctypes endpoint only receives: send with a "
@@ -159,7 +159,7 @@ class UdpcapDatagramTransport(asyncio.DatagramTransport):
 
     # -- start ---------------------------------------------------------------------------------
 
-    def _connection_made(self, waiter: Optional[asyncio.Future]) -> None:
+    def _connection_made(self, waiter: "Optional[asyncio.Future[None]]") -> None:
         try:
             self._protocol.connection_made(self)
             if not self._closing:
@@ -193,7 +193,9 @@ class UdpcapDatagramTransport(asyncio.DatagramTransport):
             else:
                 self._fd = fd
                 # Wait on the capture fds once per loop, not once per endpoint.
-                sock._readiness.leave_captures_out()
+                readiness = sock._readiness         # made by fileno() above
+                assert readiness is not None
+                readiness.leave_captures_out()
                 self._readers = _CaptureReaders.of(self._loop)
                 self._readers.add(self, self._reads_fds())
                 return
@@ -401,7 +403,8 @@ class _CaptureReaders:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._by_fd: dict = {}          # fd -> [transport, ...], the first reads
+        # fd -> [transport, ...], the first reads
+        self._by_fd: Dict[int, List[UdpcapDatagramTransport]] = {}
         self._idle: Set[int] = set()    # fds unregistered while every endpoint pauses
 
     def add(self, transport: UdpcapDatagramTransport, fds: Set[int]) -> None:
@@ -460,7 +463,8 @@ class _CaptureReaders:
 # connection_lost(None).
 
 # loop -> its transports that have not had connection_lost yet
-_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_OPEN: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Set[UdpcapDatagramTransport]]" = \
+    weakref.WeakKeyDictionary()
 _OPEN_LOCK = threading.Lock()
 
 

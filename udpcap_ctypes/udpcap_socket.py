@@ -540,15 +540,11 @@ class UdpcapSocket:
             raise ValueError("recvfrom_batch(): max_datagrams must be at least 1, not %d"
                              % max_datagrams)
         bufsize = _bufsize(bufsize, "recvfrom_batch")
+        self._check_usable()
         if not bufsize:
-            self._check_usable()
             return []
-        receiver = self._receiver
-        if self._closed:
-            raise SocketClosedError()
-        if receiver is None:
-            raise NotBoundError()
-        return receiver.receive_batch(max_datagrams, bufsize, self._timeout)
+        return self._receiver.receive_batch(max_datagrams, bufsize,  # type: ignore[union-attr]
+                                            self._timeout)
 
     # (bytes, address) without a target, else (count copied, address)
     def _receive(self, target: Union[bytearray, memoryview, None],
