@@ -457,6 +457,52 @@ def _interface_ioctl(name, request):
         return None
 
 
+def _close_fds(fds):
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class FlagPipe:
+    """A pipe that is readable exactly while a flag is set: :meth:`set` and :meth:`clear`
+    from any thread, under a lock, so that the pipe holds a byte exactly while :attr:`flag`
+    is true (a stale byte would leave a poll readable with nothing to do, and a wait or a
+    selector loop would spin).  :attr:`flag` may be read without the lock."""
+
+    def __init__(self):
+        self.fd, self._write = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write, False)
+        self.flag = False
+        self._lock = threading.Lock()
+
+    def set(self):
+        if not self.flag:
+            with self._lock:
+                if not self.flag and self._write >= 0:
+                    self.flag = True
+                    os.write(self._write, b"x")
+
+    def clear(self):
+        if self.flag:
+            with self._lock:
+                if self.flag:
+                    self.flag = False
+                    try:
+                        os.read(self.fd, 64)
+                    except OSError:
+                        pass
+
+    def close(self):
+        """Close both ends; a later :meth:`set` does nothing."""
+        with self._lock:
+            fds, self.fd, self._write = (self.fd, self._write), -1, -1
+        _close_fds(fds)
+
+
 class PollWaiter:
     """Waits on the selectable fds of POSIX captures plus a wake pipe (``select.poll``).
 
@@ -471,11 +517,9 @@ class PollWaiter:
 
     def __init__(self, captures):
         self._read_fd, self._write_fd = os.pipe()
-        self._notify_read, self._notify_write = os.pipe()
-        for fd in (self._read_fd, self._write_fd, self._notify_read, self._notify_write):
+        for fd in (self._read_fd, self._write_fd):
             os.set_blocking(fd, False)
-        self.notified = False           # a notice is pending (read without the lock)
-        self._notify_lock = threading.Lock()
+        self._notice = FlagPipe()       # readable while another thread's notice is pending
         self.set_captures(captures)
 
     def set_captures(self, captures):
@@ -499,31 +543,24 @@ class PollWaiter:
         """Readable once :meth:`wake` was called (for :class:`Readiness`)."""
         return self._read_fd
 
+    @property
+    def notified(self):
+        """A notice is pending (read without a lock)."""
+        return self._notice.flag
+
     def notify(self):
         """Make waits return until :meth:`clear_notify` (any thread): another socket's thread
-        read a shared capture and queued datagrams for this socket.  Under a lock with
-        :meth:`clear_notify`, so that the pipe holds a byte exactly while the flag is set (a
-        stale byte would make every wait return at once)."""
-        with self._notify_lock:
-            if not self.notified and self._notify_write >= 0:
-                self.notified = True
-                os.write(self._notify_write, b"x")
+        read a shared capture and queued datagrams for this socket."""
+        self._notice.set()
 
     def clear_notify(self):
         """The receiver is about to look at its queue: later notifications count again."""
-        if self.notified:
-            with self._notify_lock:
-                if self.notified:
-                    self.notified = False
-                    try:
-                        os.read(self._notify_read, 64)
-                    except OSError:
-                        pass
+        self._notice.clear()
 
     def _new_poll(self, mask):
         poll = select.poll()
         poll.register(self._read_fd, select.POLLIN)
-        poll.register(self._notify_read, select.POLLIN)
+        poll.register(self._notice.fd, select.POLLIN)
         for index, fd in enumerate(self.capture_fds):
             if fd >= 0 and mask >> index & 1:
                 poll.register(fd, select.POLLIN)
@@ -565,14 +602,9 @@ class PollWaiter:
             pass          # already woken (pipe full) or closing
 
     def close(self):
-        with self._notify_lock:
-            fds = (self._read_fd, self._write_fd, self._notify_read, self._notify_write)
-            self._read_fd = self._write_fd = self._notify_read = self._notify_write = -1
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._notice.close()
+        fds, self._read_fd, self._write_fd = (self._read_fd, self._write_fd), -1, -1
+        _close_fds(fds)
 
 
 _MAX_POLL_MS = 2 ** 31 - 1
@@ -593,11 +625,7 @@ class Readiness:
         else:
             raise OSError(errno.EOPNOTSUPP, "fileno() needs epoll or kqueue, which this "
                                             "platform lacks")
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
-        self._flag = False
-        self._lock = threading.Lock()
+        self._queued = FlagPipe()       # readable while datagrams wait where no fd shows them
         self._fds = set()
         # False: leave the capture fds out (an owner that waits on them itself: the asyncio
         # endpoint reads each shared capture once per event loop); the queue pipe and the
@@ -605,7 +633,7 @@ class Readiness:
         self.watch_captures = True
         self._waiter = None
         self._captures = ()
-        self._watch({self._read})
+        self._watch({self._queued.fd})
 
     def fileno(self):
         return self._poller.fileno()
@@ -613,7 +641,7 @@ class Readiness:
     def watch(self, waiter, captures):
         """Cover these captures (and *waiter*'s wake pipe) from now on."""
         self._waiter, self._captures = waiter, tuple(captures)
-        fds = {self._read, waiter.wake_fd}
+        fds = {self._queued.fd, waiter.wake_fd}
         if self.watch_captures:
             fds.update(fd for fd in (c.selectable_fd() for c in captures) if fd >= 0)
         self._watch(fds)
@@ -642,29 +670,15 @@ class Readiness:
         self._fds = fds
 
     def set(self):
-        """Readable from now on (any thread: another socket's may queue for this one).  The
-        flag and the pipe's byte change together under a lock: a stale byte would leave the
-        fd readable with nothing to read, and a selector loop would spin."""
-        if not self._flag:
-            with self._lock:
-                if not self._flag:
-                    self._flag = True
-                    os.write(self._write, b"x")
+        """Readable from now on (any thread: another socket's may queue for this one)."""
+        self._queued.set()
 
     def clear(self):
-        if self._flag:
-            with self._lock:
-                if self._flag:
-                    self._flag = False
-                    try:
-                        os.read(self._read, 64)
-                    except BlockingIOError:
-                        pass
+        self._queued.clear()
 
     def close(self):
         self._poller.close()
-        for fd in (self._read, self._write):
-            os.close(fd)
+        self._queued.close()
 
 
 # The C library calls of DumpBatchReader (fmemopen streams for pcap_dump).
