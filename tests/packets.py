@@ -257,26 +257,34 @@ def read_pcap(path):
 _RECORD_CAPLEN = struct.Struct("=I")
 
 
-def record_frames(records, count):
-    """The frames (bytes, caplen each) of *count* savefile-format records in *records*."""
-    frames, pos = [], 0
-    for _ in range(count):
-        caplen = _RECORD_CAPLEN.unpack_from(records, pos + 8)[0]
-        frames.append(bytes(records[pos + 16:pos + 16 + caplen]))
-        pos += 16 + caplen
-    return frames
+def record_spans(buffer, start, end, records="savefile"):
+    """``[(first, last)]`` in *buffer* of every frame of the records in ``buffer[start:end]``,
+    in either layout of the capture's batch readers (``_packet.SAVEFILE_RECORDS``: 16-byte
+    headers back to back; ``_packet.NPF_RECORDS``: Npcap's bpf_hdr, ``bh_hdrlen`` then the
+    frame, records Packet_WORDALIGN'ed).  Written independently of the package's walker."""
+    spans, pos = [], start
+    while pos < end:
+        caplen = _RECORD_CAPLEN.unpack_from(buffer, pos + 8)[0]
+        if records == "npf":
+            first = pos + struct.unpack_from("=H", buffer, pos + 16)[0]
+            pos = (first + caplen + 3) // 4 * 4
+        else:
+            first = pos + 16
+            pos = first + caplen
+        spans.append((first, first + caplen))
+    return spans
+
+
+def record_frames(records, end, layout="savefile"):
+    """The frames (bytes, caplen each) of the records in ``records[:end]`` (what
+    ``pending_records`` returns)."""
+    return [bytes(records[a:b]) for a, b in record_spans(records, 0, end, layout)]
 
 
 def batch_frames(reader):
-    """``[(start, end)]`` in ``reader.view`` of every frame of one ``reader.refill()``,
-    reported back as consumed (the contract of the capture's batch readers)."""
-    count = reader.refill()
-    if not count:
-        return []           # no batch: nothing to report consumed (start is stale)
-    out, pos = [], reader.start
-    for _ in range(count):
-        caplen = _RECORD_CAPLEN.unpack_from(reader.view, pos + 8)[0]
-        out.append((pos + 16, pos + 16 + caplen))
-        pos += 16 + caplen
-    reader.consumed(pos)
-    return out
+    """``[(start, end)]`` in ``reader.view`` of every frame of one ``reader.refill()`` (the
+    contract of the capture's batch readers)."""
+    end = reader.refill()
+    if not end:
+        return []           # no batch (start is stale)
+    return record_spans(reader.view, reader.start, end, reader.records)

@@ -36,8 +36,9 @@ def walk(linktype, frames, fast_path, verify=False, ports=frozenset({PORT})):
     stats = Statistics()
     found = []
     view = memoryview(batch(frames))
-    end = parse(view, 0, len(frames), ports, stats, verify, found)
+    end = parse(view, 0, len(view), ports, stats, verify, found)
     assert end == len(view)
+    assert stats.frames == len(frames)
     # Views compare by identity; compare what they point at instead.
     result = [e[:7] for e in found]
     return result, stats.snapshot()

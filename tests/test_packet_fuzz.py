@@ -275,7 +275,7 @@ class ListBatchReader(_capture.BatchReader):
 
     ``refill()`` lays out 1..64 frames as ``pcap_dump`` would (16-byte native-order record
     header + captured bytes) from :attr:`start` (0) in one fixed buffer behind :attr:`view` and
-    returns their count, exactly the contract of ``DumpBatchReader``/``NextExReader``; bytes
+    returns where they end, exactly the contract of ``DumpBatchReader``/``NextExReader``; bytes
     of earlier batches stay behind the end, as they do in the real buffer.  Before every batch
     it checks the reassembly memory of its capture against its cap.
     """
@@ -309,7 +309,7 @@ class ListBatchReader(_capture.BatchReader):
             pos += 16 + len(frame)
             count += 1
         self._watch["read"] += count
-        return count
+        return pos
 
 
 class ListCapture:

@@ -66,16 +66,10 @@ def _drain(reader):
     frames = []
     if hasattr(reader, "refill"):                 # batch readers: records in one buffer
         while True:
-            count = reader.refill()
-            if not count:
+            spans = P.batch_frames(reader)
+            if not spans:
                 break
-            pos = reader.start
-            view = reader.view
-            for _ in range(count):
-                caplen = struct.unpack_from("=I", view, pos + 8)[0]
-                frames.append(bytes(view[pos + 16:pos + 16 + caplen]))
-                pos += 16 + caplen
-            reader.consumed(pos)
+            frames.extend(bytes(reader.view[a:b]) for a, b in spans)
     else:                                         # per-frame readers: (buf, start, end)
         while True:
             frame = reader.read()

@@ -189,7 +189,7 @@ class _CygwinOS(_loader.LoaderOS):
     environ = {}
 
     @staticmethod
-    def load(path):
+    def load(path, use_last_error=False):
         raise AssertionError("nothing may be loaded on Cygwin, tried %s" % path)
 
 

@@ -21,6 +21,7 @@ import struct
 import threading
 
 from . import _pcap, _structs
+from ._packet import SAVEFILE_RECORDS
 from .errors import PcapError
 
 log = logging.getLogger(__name__)
@@ -204,14 +205,14 @@ class Capture:
         self._fns.pcap_freecode(ctypes.byref(program))
 
     def pending_records(self):
-        """Every frame the capture holds right now, as savefile records in a new buffer.
+        """Every frame the capture holds right now, as records of the reader's layout
+        (savefile records here) in a new buffer.
 
-        ``(bytearray, count)``; reads with ``pcap_next_ex`` and leaves the batch reader's
+        ``(bytearray, end)``; reads with ``pcap_next_ex`` and leaves the batch reader's
         buffer alone (queued datagrams may still point into it).  Used before a new filter
         replaces the old one: Npcap discards what is pending when the filter changes.
         """
         records = bytearray()
-        count = 0
         header = ctypes.POINTER(_structs.pcap_pkthdr)()
         data = ctypes.c_void_p()
         next_ex = self._fns.pcap_next_ex
@@ -219,13 +220,12 @@ class Capture:
             status = next_ex(self.handle, ctypes.byref(header), ctypes.byref(data))
             if status != 1:
                 if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
-                    return records, count
+                    return records, len(records)
                 raise _pcap.status_error(self._fns, "pcap_next_ex", status, self.handle)
             ts_sec, ts_usec, caplen, length = _PKTHDR.unpack(
                 ctypes.string_at(ctypes.addressof(header.contents), _PKTHDR.size))
             records += _SF_RECORD.pack(ts_sec & 0xFFFFFFFF, ts_usec & 0xFFFFFFFF, caplen, length)
             records += ctypes.string_at(data.value, caplen)
-            count += 1
 
     def selectable_fd(self):
         """POSIX: the fd to poll, or -1 when the device has none."""
@@ -258,27 +258,32 @@ class Capture:
 
 
 class BatchReader:
-    """Frames in batches of savefile-format records in one Python-owned buffer.
+    """Frames in batches of records in one Python-owned buffer.
 
-    :meth:`refill` returns the number of records it added, laid out back to back from
-    :attr:`start` in :attr:`view`: each a 16-byte header (``ts_sec, ts_usec, caplen, len`` as
-    native ``uint32``) followed by ``caplen`` captured bytes.  The caller walks them without a
-    native call per frame and then reports where the batch ended with :meth:`consumed`.
+    :meth:`refill` reads one batch and returns the offset just past its last record in
+    :attr:`view` (0: the capture had nothing); the records lie back to back from :attr:`start`
+    in the layout :attr:`records` names:
+
+    * ``SAVEFILE_RECORDS``: a 16-byte header (``ts_sec, ts_usec, caplen, len`` as native
+      ``uint32``) followed by ``caplen`` captured bytes (libpcap's ``pcap_dump``);
+    * ``NPF_RECORDS``: Npcap's ``struct bpf_hdr`` (``bh_hdrlen`` bytes, 20) followed by
+      ``bh_caplen`` bytes, each record starting ``Packet_WORDALIGN``'ed from the buffer's start
+      (what the NPF driver writes; ``_npf.NpfBatchReader``).
+
+    The caller walks them without a native call per frame (``_packet.make_batch_parser``).
     Records stay valid until the next :meth:`refill`.  :attr:`exhausted` says whether the last
     refill stopped because the capture had nothing more (rather than for lack of room).
     """
 
     BUFFER_SIZE = 2 << 20
     MAX_BATCH = 64          # frames per refill at most: several devices stay fair
+    records = SAVEFILE_RECORDS
     view = None
     start = 0
     exhausted = True
 
     def refill(self):
         raise NotImplementedError
-
-    def consumed(self, end):
-        """The caller has walked the batch up to *end*."""
 
     def renew(self):
         """Write the next batches into a new buffer and never touch the current one again:
@@ -326,7 +331,7 @@ class NextExReader(BatchReader):
             if status != 1:
                 if status == 0 or status == _pcap.PCAP_ERROR_BREAK:
                     self.exhausted = True
-                    return count
+                    return pos
                 raise _pcap.status_error(self._fns, "pcap_next_ex", status, self._handle)
             ts_sec, ts_usec, caplen, length = _PKTHDR.unpack(
                 ctypes.string_at(header.value, _PKTHDR.size))
@@ -336,7 +341,7 @@ class NextExReader(BatchReader):
             pos += 16 + caplen
             count += 1
         self.exhausted = False
-        return count
+        return pos
 
     def close(self):
         self._args = None
@@ -366,6 +371,7 @@ class DumpBatchReader(BatchReader):
         self._record = 16 + snaplen
         self._dispatch = fns.pcap_dispatch
         self._fseek = libc.fseek
+        self._ftell = libc.ftell
         self._callback = ctypes.cast(fns.pcap_dump, ctypes.c_void_p).value
         self._dumper = None
         self.renew()
@@ -403,11 +409,9 @@ class DumpBatchReader(BatchReader):
                 raise _pcap.status_error(self._fns, "pcap_dispatch", count, self._handle)
             return 0
         self.start = self._write
-        return count
-
-    def consumed(self, end):
-        # The unbuffered stream wrote exactly the records walked: it is now at *end*.
-        self._write = end
+        # The unbuffered stream holds exactly the records written: it is at the batch's end.
+        self._write = self._ftell(self._stream)
+        return self._write
 
     def close(self):
         if self._dumper:

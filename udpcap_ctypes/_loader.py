@@ -53,9 +53,10 @@ class LoaderOS:
         return ctypes.util.find_library(name)
 
     @staticmethod
-    def load(path):
-        """Load a cdecl library (``ctypes.CDLL``)."""
-        return ctypes.CDLL(path)
+    def load(path, use_last_error=False):
+        """Load a cdecl library (``ctypes.CDLL``); *use_last_error* for one whose failures
+        are told by the thread's last error (Packet.dll)."""
+        return ctypes.CDLL(path, use_last_error=use_last_error)
 
     @staticmethod
     def system_directory():
@@ -171,7 +172,7 @@ def _load_one(oslayer, kind, path, packet_path, dll_dir, windows, tried, fix=Non
         if dll_dir is not None:
             with oslayer.dll_directory(dll_dir):
                 if packet_path and oslayer.isfile(packet_path):
-                    packet = oslayer.load(packet_path)
+                    packet = oslayer.load(packet_path, use_last_error=True)
                 lib = oslayer.load(path)
         else:
             lib = oslayer.load(path)

@@ -49,7 +49,7 @@ BatchEntry = Union[Tuple[int, int, int, int, int, int, int, memoryview],
                    Tuple[None, FragmentResult, None, int, int, int, int, memoryview]]
 # The destination ports a batch walker keeps (anything with ``in``: a frozenset).
 Ports = Container[int]
-# parse_batch(view, pos, count, ports, stats, verify, datagrams) -> offset past the last record
+# parse_batch(view, start, end, ports, stats, verify, datagrams) -> where the walk stopped
 BatchParser = Callable[[memoryview, int, int, Ports, Statistics, bool, List[BatchEntry]], int]
 
 UDP: Final = 1
@@ -290,23 +290,42 @@ def make_outgoing_test(linktype: int, own_macs: Iterable[Buffer] = ()) -> Outgoi
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches.  A capture batch is a run of savefile records (16-byte header ``ts_sec, ts_usec,
-# caplen, len`` in native order, then ``caplen`` bytes).  make_batch_parser(linktype) returns
-# parse_batch(view, pos, count, ports, stats, verify, datagrams) which walks ``count`` records
-# from ``pos`` once and appends to ``datagrams``, in frame order:
+# Batches.  A capture batch is a run of records in one buffer, in one of two layouts
+# (``_capture.BatchReader.records``):
+#   "savefile" -- a 16-byte header ``ts_sec, ts_usec, caplen, len`` (native uint32), then
+#                 ``caplen`` bytes, back to back (libpcap's pcap_dump; the POSIX readers);
+#   "npf"      -- Npcap's struct bpf_hdr: ``ts_sec, ts_usec`` (two 32-bit longs), ``bh_caplen``,
+#                 ``bh_datalen`` (uint32), ``bh_hdrlen`` (uint16: where the frame starts), then
+#                 the frame; every record starts Packet_WORDALIGN'ed (4 bytes) from the start
+#                 of the buffer (npf Read.c; the Windows batch reader of _npf).
+# make_batch_parser(linktype, records) returns
+# parse_batch(view, start, end, ports, stats, verify, datagrams), which walks the records in
+# view[start:end] once, adds their number to ``stats.frames`` and appends to ``datagrams``, in
+# frame order:
 #   (src, dst, sport, dport, payload_first, payload_last, frame_start, view) for every complete
 #       UDP datagram to one of ``ports`` (a frozenset: a capture shared by several sockets
 #       keeps all their ports);
 #   (None, fragment_result, None, 0, 0, 0, frame_start, view) for every IPv4 fragment (the
 #       caller reassembles them in place, so datagrams complete in order).
-# It returns the offset just past the last record.  Everything else is counted and dropped.
+# It returns where the walk stopped: ``end``, or the start of a record whose header lies (caplen
+# above len or past ``end``, a header shorter than its fields); that record and the rest of the
+# batch are dropped and counted once as malformed "record_header".  Everything else that is not
+# for us is counted and dropped frame by frame.
 #
 # The common frame -- a fixed link header, IPv4 without options, not a fragment, UDP to our
 # port, correct header checksum -- is decided with one struct unpack and a few integer tests;
 # any frame that is not exactly that takes the general path (make_link_parser + parse_ipv4),
 # so both paths accept the same frames and count the same reasons.
 
-_record_caplen = struct.Struct("=I")
+SAVEFILE_RECORDS = "savefile"
+NPF_RECORDS = "npf"
+
+# record layout -> (struct of the header fields after the 8-byte time stamp, fixed header
+# length or 0 when the record says it, least header length, record alignment)
+_RECORD_LAYOUTS: Dict[str, Tuple[struct.Struct, int, int, int]] = {
+    SAVEFILE_RECORDS: (struct.Struct("=II"), 16, 16, 1),
+    NPF_RECORDS: (struct.Struct("=IIH"), 0, 18, 4),
+}
 
 # linktype -> (marker format, marker offset, accepted marker values, IPv4 offset)
 _FIXED_LINK_HEADERS: Dict[int, Tuple[str, int, Tuple[int, ...], int]] = {
@@ -319,12 +338,18 @@ _FIXED_LINK_HEADERS: Dict[int, Tuple[str, int, Tuple[int, ...], int]] = {
 }
 
 
-def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
-    """Return the batch walker for a pcap ``linktype`` (see the comment above).
+def make_batch_parser(linktype: int, fast_path: bool = True,
+                      records: str = SAVEFILE_RECORDS) -> BatchParser:
+    """Return the batch walker for a pcap ``linktype`` and record layout (see the comment
+    above).
 
     ``fast_path=False`` sends every frame through the general path; the tests compare both.
     """
     parse_link = make_link_parser(linktype)
+    header, fixed_header, least_header, alignment = _RECORD_LAYOUTS[records]
+    header_at = header.unpack_from
+    npf = fixed_header == 0
+    align_mask = ~(alignment - 1)
     fixed = _FIXED_LINK_HEADERS.get(linktype) if fast_path else None
     unpack_fast: Callable[[memoryview, int], Tuple[Any, ...]]
     if fixed is None:
@@ -337,15 +362,28 @@ def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
             marker_at, code, ip_offset - marker_at - struct.calcsize(code))).unpack_from
         minimum = ip_offset + 28
         marker_a, marker_b = markers[0], markers[-1]
-    caplen_at = _record_caplen.unpack_from
 
-    def parse_batch(view: memoryview, pos: int, count: int, ports: Ports, stats: Statistics,
+    def parse_batch(view: memoryview, pos: int, end: int, ports: Ports, stats: Statistics,
                     verify: bool, datagrams: List[BatchEntry]) -> int:
         append = datagrams.append
-        for _ in range(count):
-            start = pos + 16
-            caplen = caplen_at(view, pos + 8)[0]
-            pos = start + caplen
+        walked = 0
+        while pos < end:
+            if end - pos < least_header:
+                stats.drop("record_header")
+                break
+            if npf:
+                caplen, length, hdrlen = header_at(view, pos + 8)
+                start = pos + hdrlen
+            else:
+                caplen, length = header_at(view, pos + 8)
+                hdrlen = fixed_header
+                start = pos + fixed_header
+            stop = start + caplen
+            if caplen > length or stop > end or hdrlen < least_header:
+                stats.drop("record_header")
+                break
+            pos = (stop + alignment - 1) & align_mask
+            walked += 1
             if caplen >= minimum:
                 marker, w0, w1, w2, src, dst, sport, dport, ulen, _ = unpack_fast(view, start)
                 if ((marker == marker_a or marker == marker_b) and w0 >> 24 == 0x45
@@ -365,10 +403,10 @@ def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
                                     None, 0, 0, 0, start, view))
                             continue
             # The general path: every other frame, with exact accounting.
-            ip = parse_link(view, start, pos, stats)
+            ip = parse_link(view, start, stop, stats)
             if ip < 0:
                 continue
-            parsed = parse_ipv4(view, ip, pos, stats, verify)
+            parsed = parse_ipv4(view, ip, stop, stats, verify)
             if parsed is None:
                 continue
             if parsed[0] == UDP:
@@ -379,6 +417,7 @@ def make_batch_parser(linktype: int, fast_path: bool = True) -> BatchParser:
                         view))
             else:
                 append((None, parsed, None, 0, 0, 0, start, view))
+        stats.frames += walked
         return pos
 
     return parse_batch

@@ -163,8 +163,21 @@ PROTOTYPES = [
        status_check, platforms=WINDOWS),
 ]
 
-# Packet.dll (Npcap), optional, diagnostics only.  Source: Npcap's Common/Packet32.h and
-# packetWin7/Dll/Packet.def.
+def last_error_check(fns):
+    """Packet.dll call that returns FALSE or NULL on failure and sets the thread's last error
+    (the DLL is loaded with ``use_last_error``): -> ``OSError`` with ``winerror`` set."""
+    def errcheck(result, func, args):
+        if not result:
+            from ._win32 import win_error
+            raise win_error(func.__name__, ctypes.get_last_error())
+        return result
+    return errcheck
+
+
+# Packet.dll (Npcap): diagnostics, and the batch reader of _npf.  Source: Npcap's
+# Common/Packet32.h and packetWin7/Dll/Packet.def; every row has been exported since WinPcap 4
+# except PacketGetInfo.  BOOLEAN is a UCHAR; LPADAPTER, LPPACKET and HANDLE are pointers.
+P_bpf_program = P_program
 PACKET_PROTOTYPES = [
     _p("PacketGetVersion", ctypes.c_char_p, [], platforms=WINDOWS),
     _p("PacketGetDriverVersion", ctypes.c_char_p, [], platforms=WINDOWS),
@@ -172,7 +185,42 @@ PACKET_PROTOTYPES = [
     _p("PacketIsLoopbackAdapter", ctypes.c_ubyte, [ctypes.c_char_p], platforms=WINDOWS),
     _p("PacketGetInfo", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p], platforms=WINDOWS,
        since="Npcap 1.81 or newer"),
+    # The capture path of _npf.PacketCapture (what libpcap's pcap-npf.c calls).
+    _p("PacketOpenAdapter", ctypes.c_void_p, [ctypes.c_char_p], last_error_check,
+       platforms=WINDOWS),
+    _p("PacketCloseAdapter", None, [ctypes.c_void_p], platforms=WINDOWS),
+    _p("PacketGetNetType", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p], last_error_check,
+       platforms=WINDOWS),
+    _p("PacketSetHwFilter", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_uint32],
+       last_error_check, platforms=WINDOWS),
+    _p("PacketSetBuff", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_int], last_error_check,
+       platforms=WINDOWS),
+    _p("PacketSetMinToCopy", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_int], last_error_check,
+       platforms=WINDOWS),
+    _p("PacketSetReadTimeout", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_int],
+       last_error_check, platforms=WINDOWS),
+    _p("PacketSetBpf", ctypes.c_ubyte, [ctypes.c_void_p, P_bpf_program], last_error_check,
+       platforms=WINDOWS),
+    _p("PacketGetReadEvent", ctypes.c_void_p, [ctypes.c_void_p], platforms=WINDOWS),
+    _p("PacketInitPacket", None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint],
+       platforms=WINDOWS),
+    # Hot path: the caller checks the result and reads the last error itself.
+    _p("PacketReceivePacket", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ubyte],
+       platforms=WINDOWS),
+    _p("PacketGetStats", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p], last_error_check,
+       platforms=WINDOWS),
+    _p("PacketRequest", ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_ubyte, ctypes.c_void_p],
+       last_error_check, platforms=WINDOWS),
 ]
+
+# Packet32.h / ntddndis.h values used by _npf.
+NDIS_PACKET_TYPE_DIRECTED = 0x01
+NDIS_PACKET_TYPE_MULTICAST = 0x02
+NDIS_PACKET_TYPE_BROADCAST = 0x08
+NDIS_PACKET_TYPE_PROMISCUOUS = 0x20
+NDIS_PACKET_TYPE_ALL_LOCAL = 0x80
+NDIS_MEDIUM_802_3 = 0                   # NdisMedium802_3
+NDIS_MEDIUM_NULL = 0xFFFFFFFF           # NdisMediumNull (-1 in a UINT): the loopback adapter
 
 
 def bind_library(library, windows, description, prototypes=PROTOTYPES):

@@ -40,6 +40,28 @@ from .errors import PcapError
 
 log = logging.getLogger(__name__)
 
+#: How frames leave the capture library (the ``reader`` option): a batch per native call, or
+#: pcap_next_ex per frame.  UDPCAP_CTYPES_READER chooses for sockets that do not say.
+BATCH = "batch"
+NEXT_EX = "next_ex"
+READERS = (BATCH, NEXT_EX)
+READER_ENVIRONMENT = "UDPCAP_CTYPES_READER"
+
+
+def capture_reader(option):
+    """The reader a socket uses: its ``reader`` option, else the environment's choice
+    (an unknown value there is ignored, with a warning), else :data:`BATCH`."""
+    if option is not None:
+        return option
+    chosen = os.environ.get(READER_ENVIRONMENT)
+    if not chosen:
+        return BATCH
+    if chosen not in READERS:
+        log.warning("%s=%r is not one of %s; using %r", READER_ENVIRONMENT, chosen,
+                    ", ".join(READERS), BATCH)
+        return BATCH
+    return chosen
+
 MAX_SNAPLEN = 262144
 LINK_OVERHEAD = 64            # link header + up to two VLAN tags + slack, above the MTU
 
@@ -116,17 +138,14 @@ class Platform(abc.ABC):
     def _is_loopback(self, device):
         return device.loopback_flag
 
-    def open_capture(self, device, buffer_size, immediate, promiscuous):
+    def open_capture(self, device, buffer_size, immediate, promiscuous, reader=BATCH):
         """Open and activate a capture on *device*, with this platform's snaplen, ring size,
-        batch reader and settings.  Raises OSError (explained, see :meth:`explain_open_error`)."""
+        batch reader (*reader*: :data:`BATCH` or :data:`NEXT_EX`) and settings.  Raises
+        OSError (explained, see :meth:`explain_open_error`)."""
         snaplen = self.snaplen_for(device)
         ring = self.ring_size(buffer_size, snaplen, immediate)
         try:
-            capture = _capture.Capture(
-                self.fns, device.name, snaplen, ring, immediate=immediate,
-                promiscuous=promiscuous, libc=self.libc,
-                filter_resets_counters=self.filter_resets_counters,
-                batch_size=self.batch_size(ring, snaplen, immediate))
+            capture = self._open(device, snaplen, ring, immediate, promiscuous, reader)
         except OSError as exc:
             raise self.explain_open_error(exc) from None
         try:
@@ -135,6 +154,15 @@ class Platform(abc.ABC):
             capture.close()
             raise
         return capture
+
+    def _open(self, device, snaplen, ring, immediate, promiscuous, reader):
+        """The activated capture (wpcap.dll / libpcap): pcap_dispatch into memory where the C
+        library can (*reader* BATCH), pcap_next_ex otherwise."""
+        return _capture.Capture(
+            self.fns, device.name, snaplen, ring, immediate=immediate, promiscuous=promiscuous,
+            libc=self.libc if reader == BATCH else None,
+            filter_resets_counters=self.filter_resets_counters,
+            batch_size=self.batch_size(ring, snaplen, immediate))
 
     def _prepare(self, capture, device):
         """Platform settings of a freshly activated capture (none by default)."""
@@ -379,12 +407,34 @@ class WindowsPlatform(Platform):
     def _is_loopback(self, device):
         return self._win32.is_loopback_device(device.name, self.install) or device.loopback_flag
 
+    def _open(self, device, snaplen, ring, immediate, promiscuous, reader):
+        # The batch reader reads the NPF driver through Packet.dll (_npf).  Where it cannot --
+        # no Packet.dll, a function missing, an adapter it cannot open or a medium it does not
+        # know -- the device is opened through wpcap.dll, and the log says why.
+        if reader == BATCH:
+            from . import _npf
+            try:
+                return _npf.PacketCapture(
+                    self.library, device.name, snaplen, ring, immediate, promiscuous,
+                    self.batch_size(ring, snaplen, immediate))
+            except OSError as exc:
+                log.info("%s: reading through wpcap.dll (pcap_next_ex), not Packet.dll's "
+                         "batches: %s", device.name, exc)
+        return super()._open(device, snaplen, ring, immediate, promiscuous, NEXT_EX)
+
+    def batch_size(self, ring, snaplen, immediate):
+        # One read takes every frame the driver holds that fits: what wpcap reads at once
+        # (pcap-npf.c's 256,000-byte user buffer) keeps one batch's parse short.
+        return min(256000, ring)
+
     def own_frames(self, device, capture):
         # Npcap shows the frames this host sends on the real adapter, and locally sent
         # multicast again on the loopback adapter: drop the former, as udpcap does.
         if device.loopback or capture.linktype != _pcap.DLT_EN10MB:
             return NO_OWN_FRAMES
-        mac = self._win32.adapter_mac(self.fns, capture.handle)
+        adapter_mac = getattr(capture, "adapter_mac", None)        # Packet.dll's capture
+        mac = (adapter_mac() if adapter_mac is not None
+               else self._win32.adapter_mac(self.fns, capture.handle))
         return OwnFrames([mac], keep_when_looping=False) if mac else NO_OWN_FRAMES
 
     def make_waiter(self, captures, immediate):
@@ -689,6 +739,7 @@ LIBC_PROTOTYPES = [
               [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t], platforms=POSIX),
     Prototype("fseek", ctypes.c_int, [ctypes.c_void_p, ctypes.c_long, ctypes.c_int],
               platforms=POSIX),
+    Prototype("ftell", ctypes.c_long, [ctypes.c_void_p], platforms=POSIX),
     Prototype("fclose", ctypes.c_int, [ctypes.c_void_p], platforms=POSIX),
 ]
 
@@ -758,8 +809,6 @@ def attach_kernel_filter(capture, program):
 
 def _load_libc():
     """libc with fmemopen, or None (then captures fall back to pcap_next_ex)."""
-    if os.environ.get("UDPCAP_CTYPES_READER") == "next_ex":
-        return None
     try:
         libc = bind(ctypes.CDLL(None, use_errno=True), LIBC_PROTOTYPES, False, "the C library")
     except OSError as exc:

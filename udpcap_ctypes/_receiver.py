@@ -27,6 +27,7 @@ import time
 from . import _fixes, _packet
 from ._kernel_sockets import MembershipHolder, PortGuard
 from ._net import ip_text
+from ._platform import capture_reader
 from ._shared_capture import REGISTRY, SharedCapture
 from .errors import PcapError, SocketClosedError
 
@@ -150,6 +151,7 @@ class Receiver:
         self._queued_bound = 0
         self._full_at = None
         self._verify_udp = options.verify_udp_checksum
+        self.reader = capture_reader(options.reader)
         self._own_on_egress = platform.own_multicast_seen_on == "egress"
         # Read the captures before every wait?  Needed where the wait cannot see frames the
         # capture library already holds: Npcap (its event is not signalled again for them)
@@ -288,7 +290,7 @@ class Receiver:
         options = self.options
         key = (id(self.platform), self.platform.network_namespace(), device.name,
                self.ring_size, options.immediate, options.promiscuous, self._verify_udp,
-               options.reassembly_timeout)
+               options.reassembly_timeout, self.reader)
         registry = self.registry
         with registry.lock:
             shared = registry.find(key)
@@ -322,7 +324,8 @@ class Receiver:
             ring = platform.default_ring(device, options.immediate)
         while True:
             try:
-                capture = platform.open_capture(device, ring, options.immediate, promiscuous)
+                capture = platform.open_capture(device, ring, options.immediate, promiscuous,
+                                                self.reader)
                 break
             except OSError as exc:
                 if (not promiscuous or isinstance(exc, PermissionError)

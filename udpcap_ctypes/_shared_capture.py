@@ -73,7 +73,8 @@ class SharedCapture:
         # Must a frame's direction be asked before delivering unicast?  (See Receiver._queue.)
         self.check_own = own_on_egress and (bool(own.macs) or capture.linktype in (
             _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2))
-        self.parse_batch = _packet.make_batch_parser(capture.linktype)
+        self.parse_batch = _packet.make_batch_parser(capture.linktype,
+                                                     records=capture.reader.records)
         self.reader = capture.reader
         self.stats = Statistics()
         self.verify = verify
@@ -226,12 +227,11 @@ class SharedCapture:
         (``pending_records``), because queued datagrams may still point into the batch
         reader's buffer.
         """
-        records, count = self.capture.pending_records()
-        if count:
-            self.stats.frames += count
+        records, end = self.capture.pending_records()
+        if end:
             view = memoryview(records)
             datagrams = []
-            self.parse_batch(view, 0, count, self.ports, self.stats, self.verify, datagrams)
+            self.parse_batch(view, 0, end, self.ports, self.stats, self.verify, datagrams)
             if datagrams:
                 self.deliver(view, datagrams, now, None)
 
@@ -239,26 +239,28 @@ class SharedCapture:
 
     def read(self, now, reading):
         """Read one batch and deliver its datagrams to every subscriber; the number of frames
-        read (0: the capture is empty).  *reading* is the receiver whose thread reads: the
-        others are told that datagrams are waiting for them.  Raises PcapError."""
+        read (0: the capture is empty; at least 1 when a batch was read).  *reading* is the
+        receiver whose thread reads: the others are told that datagrams are waiting for them.
+        Raises PcapError."""
         reader = self.reader
-        found = reader.refill()
-        if found:
-            stats = self.stats
-            stats.frames += found
-            view = reader.view
-            datagrams = []
-            reader.consumed(self.parse_batch(view, reader.start, found, self.ports, stats,
-                                             self.verify, datagrams))
-            if datagrams:
-                subscriptions = self.subscriptions
-                if len(subscriptions) == 1:
-                    # The common case, inline: one socket gets views into the batch.
-                    only = subscriptions[0]
-                    only.receiver.queue_views(self, only, view, datagrams, now)
-                else:
-                    self.deliver(view, datagrams, now, reading)
-        return found
+        end = reader.refill()
+        if not end:
+            return 0
+        stats = self.stats
+        walked = stats.frames
+        view = reader.view
+        datagrams = []
+        self.parse_batch(view, reader.start, end, self.ports, stats, self.verify, datagrams)
+        if datagrams:
+            subscriptions = self.subscriptions
+            if len(subscriptions) == 1:
+                # The common case, inline: one socket gets views into the batch.
+                only = subscriptions[0]
+                only.receiver.queue_views(self, only, view, datagrams, now)
+            else:
+                self.deliver(view, datagrams, now, reading)
+        # A batch whose first record lied walked no frame, but the capture may hold more.
+        return stats.frames - walked or 1
 
     def deliver(self, view, datagrams, now, reading):
         """Queue parsed *datagrams* for every subscriber that accepts them: views for a single

@@ -14,6 +14,8 @@ _T = TypeVar("_T")
 
 # Reasons a captured frame or fragment is dropped as malformed (keys of ``malformed``).
 MALFORMED_REASONS = (
+    "record_header",         # a capture record whose header lies (caplen above len or past the
+                             # batch, bh_hdrlen below the header): the rest of the batch is dropped
     "link_truncated",        # shorter than its link-layer header
     "link_not_ipv4",         # link layer says another protocol (counted, not an error)
     "ip_truncated",          # shorter than an IPv4 header / its IHL / its total length

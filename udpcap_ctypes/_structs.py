@@ -13,6 +13,7 @@ C type names used here:
                                      Windows layouts, which is 8 bytes in a 64-bit Cygwin Python
   ``time_t``/``suseconds_t``         the host's ``struct timeval`` members
   ``u_short``/``u_char``             16/8-bit
+  ``u_int64``                        64-bit (``ULONGLONG``)
   ``ptr``                            any data pointer
   ``T[n]``                           fixed array of n elements of T
   any other name                     a struct from this table, embedded by value
@@ -62,7 +63,7 @@ def struct_specs(family):
     if family == WINDOWS:
         # pcap/pcap.h: three more counters under #ifdef _WIN32.
         pcap_stat += [("ps_capt", "u_int"), ("ps_sent", "u_int"), ("ps_netdrop", "u_int")]
-    return {
+    specs = {
         "timeval": timeval,
         "pcap_pkthdr": [("ts", "timeval"), ("caplen", "bpf_u_int32"), ("len", "bpf_u_int32")],
         "pcap_stat": pcap_stat,
@@ -76,6 +77,34 @@ def struct_specs(family):
         "pcap_if": [("next", "ptr"), ("name", "ptr"), ("description", "ptr"),
                     ("addresses", "ptr"), ("flags", "bpf_u_int32")],
     }
+    if family == WINDOWS:
+        specs.update(_packet_dll_specs())
+    return specs
+
+
+def _packet_dll_specs():
+    """The structs of Npcap's Packet.dll API, which only Windows has (the batch reader of
+    ``_npf``).  Sources: Npcap's ``Common/npcap-bpf.h`` (bpf_hdr, bpf_stat) and
+    ``Common/Packet32.h`` (NetType, PACKET with its OVERLAPPED from minwinbase.h)."""
+    return {
+        # What NPF_Read writes before every frame; 18 bytes of members, 20 with tail padding:
+        # bh_hdrlen is sizeof(struct bpf_hdr), and records start Packet_WORDALIGN'ed.
+        "bpf_hdr": [("bh_tstamp", "timeval"), ("bh_caplen", "u_int"), ("bh_datalen", "u_int"),
+                    ("bh_hdrlen", "u_short")],
+        "bpf_stat": [("bs_recv", "u_int"), ("bs_drop", "u_int"), ("ps_ifdrop", "u_int"),
+                     ("bs_capt", "u_int")],
+        "NetType": [("LinkType", "u_int"), ("LinkSpeed", "u_int64")],
+        # OVERLAPPED's union { struct { DWORD Offset, OffsetHigh; }; PVOID Pointer; } is spelt
+        # as its struct member: same size and offsets on Win32 and Win64 (pointer-aligned by
+        # the ULONG_PTR before it).  Packet.dll ignores it ("deprecated").
+        "OVERLAPPED": [("Internal", "ptr"), ("InternalHigh", "ptr"), ("Offset", "u_int"),
+                       ("OffsetHigh", "u_int"), ("hEvent", "ptr")],
+        "PACKET": [("hEvent", "ptr"), ("OverLapped", "OVERLAPPED"), ("Buffer", "ptr"),
+                   ("Length", "u_int"), ("ulBytesReceived", "u_int"), ("bIoComplete", "u_char")],
+        # struct _PACKET_OID_DATA { ULONG Oid; ULONG Length; UCHAR Data[1]; } (12 bytes): the
+        # caller allocates Data as long as the OID's answer.
+        "PACKET_OID_DATA": [("Oid", "u_int"), ("Length", "u_int"), ("Data", "u_char[1]")],
+    }
 
 
 # ctypes equivalents of the C type names, on the host.
@@ -83,6 +112,7 @@ _HOST_SCALARS = {
     "u_int": ctypes.c_uint, "int": ctypes.c_int, "bpf_u_int32": ctypes.c_uint32,
     "long": ctypes.c_long, "time_t": ctypes.c_long, "suseconds_t": ctypes.c_long,
     "u_short": ctypes.c_ushort, "u_char": ctypes.c_ubyte, "ptr": ctypes.c_void_p,
+    "u_int64": ctypes.c_uint64,
 }
 # Windows is LLP64: a C long is 32 bits whatever ctypes.c_long is in this interpreter.
 _WINDOWS_SCALARS = dict(_HOST_SCALARS, long=ctypes.c_int32)
@@ -122,4 +152,10 @@ sockaddr = _S["sockaddr"]
 sockaddr_in = _S["sockaddr_in"]
 pcap_addr = _S["pcap_addr"]
 pcap_if = _S["pcap_if"]
+# Packet.dll's structs: Windows only (None elsewhere).
+bpf_hdr = _S.get("bpf_hdr")
+bpf_stat = _S.get("bpf_stat")
+NetType = _S.get("NetType")
+PACKET = _S.get("PACKET")
+PACKET_OID_DATA = _S.get("PACKET_OID_DATA")
 del _S

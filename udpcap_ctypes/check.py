@@ -117,9 +117,9 @@ class _RecordingLoaderOS(_loader.LoaderOS):
         self.attempts.append("find_library(%r) -> %r" % (name, found))
         return found
 
-    def load(self, path):
+    def load(self, path, use_last_error=False):
         try:
-            library = _loader.LoaderOS.load(path)
+            library = _loader.LoaderOS.load(path, use_last_error)
         except OSError as exc:
             self.attempts.append("%s: %s" % (path, exc))
             raise

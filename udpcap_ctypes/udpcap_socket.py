@@ -100,7 +100,7 @@ class Options:
     """Knobs beyond the socket API, fixed at construction (see :class:`UdpcapSocket`)."""
 
     __slots__ = ("immediate", "promiscuous", "hold_memberships", "port_guard",
-                 "verify_udp_checksum", "reassembly_timeout", "coalesce")
+                 "verify_udp_checksum", "reassembly_timeout", "coalesce", "reader")
 
     immediate: bool
     promiscuous: bool
@@ -109,11 +109,12 @@ class Options:
     verify_udp_checksum: bool
     reassembly_timeout: float
     coalesce: Optional[float]              # None: the platform default
+    reader: Optional[str]                  # None: UDPCAP_CTYPES_READER, else "batch"
 
     def __init__(self, immediate: bool = True, promiscuous: bool = True,
                  hold_memberships: Optional[bool] = None, port_guard: Optional[bool] = None,
                  verify_udp_checksum: bool = False, reassembly_timeout: float = 30.0,
-                 coalesce: Optional[float] = None) -> None:
+                 coalesce: Optional[float] = None, reader: Optional[str] = None) -> None:
         self.immediate = _flag("immediate", immediate)
         self.promiscuous = _flag("promiscuous", promiscuous)
         self.hold_memberships = _flag("hold_memberships", hold_memberships, optional=True)
@@ -130,6 +131,12 @@ class Options:
                 raise ValueError("coalesce must be between 0 and %g seconds (0 turns it off), "
                                  "got %r" % (MAX_COALESCE, coalesce))
         self.coalesce = coalesce
+        if reader is not None and not isinstance(reader, str):
+            raise TypeError("reader must be a str, not %r" % (reader,))
+        if reader is not None and reader not in _platform.READERS:
+            raise ValueError("reader must be one of %s, got %r"
+                             % (", ".join(map(repr, _platform.READERS)), reader))
+        self.reader = reader
 
 
 def _parse_ipv4(host: Host, what: str) -> int:
@@ -212,6 +219,11 @@ class UdpcapSocket:
         and Linux's net DIM moderate interrupts.  It adds at most about the budget (plus the
         kernel's timer slack) of latency under load, and none at low rates.  0 turns it off.
         At most 0.01 s.
+    ``reader`` (None = ``"batch"``, or what the environment variable ``UDPCAP_CTYPES_READER``
+        says): how frames leave the capture library.  ``"batch"`` moves a whole batch in one
+        native call (libpcap's ``pcap_dispatch`` into memory on POSIX, Packet.dll's
+        ``PacketReceivePacket`` on Npcap) and falls back to ``"next_ex"`` on a device where it
+        cannot; ``"next_ex"`` calls ``pcap_next_ex`` per frame.
 
     Raises :class:`~udpcap_ctypes.CaptureUnavailableError` when the capture library is missing.
     """
