@@ -12,6 +12,9 @@ the tests compare the parser with a second implementation:
   :func:`sll2`, :func:`null` (DLT_NULL, either byte order), :func:`loop` (DLT_LOOP),
   :func:`raw`, and :data:`LINK_WRAPPERS` by link type;
 * :func:`write_pcap` -- a classic pcap savefile;
+* :func:`savefile_batch`, :func:`npf_batch` -- frames laid out as the records of a capture
+  batch, in either layout (16-byte savefile headers back to back; Npcap's ``bpf_hdr`` records,
+  4-aligned, as the NPF driver writes them);
 * :func:`record_frames`, :func:`batch_frames` -- the frames of savefile-format records, as the
   capture's batch readers and ``pending_records`` lay them out.
 
@@ -252,6 +255,69 @@ def read_pcap(path):
         frames.append(data[pos + 16:pos + 16 + caplen])
         pos += 16 + caplen
     return linktype, frames
+
+
+# -- capture batches ---------------------------------------------------------------------------
+
+SAVEFILE_RECORD = struct.Struct("=IIII")     # ts_sec, ts_usec, caplen, len (native)
+# Npcap's struct bpf_hdr (packetWin7/npf/npf/win_bpf.h): struct timeval bh_tstamp (two 32-bit
+# LONGs on Windows), bpf_u_int32 bh_caplen, bh_datalen, u_short bh_hdrlen; sizeof 20 (2 bytes
+# of tail padding).
+NPF_HEADER = struct.Struct("=iiIIH")
+NPF_HDRLEN = 20
+NPF_PAD_BYTE = 0xEE
+
+
+def _snapped(frames, caplens):
+    """``(captured bytes, wire length)`` of each frame; *caplens* cut the captured bytes."""
+    if caplens is None:
+        return [(bytes(frame), len(frame)) for frame in frames]
+    if len(caplens) != len(frames):
+        raise ValueError("one caplen per frame")
+    return [(bytes(frame[:caplen]), len(frame)) for frame, caplen in zip(frames, caplens)]
+
+
+def savefile_batch(frames, caplens=None):
+    """*frames* as savefile records back to back (what ``pcap_dump`` writes): a 16-byte native
+    header ``ts_sec, ts_usec, caplen, len`` then the captured bytes.  ``caplens``: how many
+    bytes of each frame were captured (the snapshot length; default all); ``len`` is always the
+    frame's whole length."""
+    out = bytearray()
+    for i, (data, wire) in enumerate(_snapped(frames, caplens)):
+        out += SAVEFILE_RECORD.pack(1700000000 + i, i, len(data), wire) + data
+    return out
+
+
+def npf_batch(frames, caplens=None, pad_byte=NPF_PAD_BYTE):
+    """*frames* as the records of one Packet.dll read buffer, laid out exactly as Npcap's
+    ``NPF_Read`` (nmap/npcap packetWin7/npf/npf/Read.c) writes them from the buffer's start::
+
+        header = (struct bpf_hdr *) (packp + copied);
+        header->bh_tstamp = ...;  header->bh_caplen = 0;
+        header->bh_datalen = pCapData->pNBCopy->ulPacketSize;
+        header->bh_hdrlen = sizeof(struct bpf_hdr);
+        copied += sizeof(struct bpf_hdr);
+        ... copy plen bytes to packp + copied ...;  header->bh_caplen += ulCopied;
+        copied += ulCopied;
+        copied = Packet_WORDALIGN(copied);
+        ...
+        Irp->IoStatus.Information = copied;
+
+    (older releases: ``copied += Packet_WORDALIGN(ulCopied)``, the same layout since the header
+    is 20 bytes).  So every record starts 4-aligned from the buffer's start and the byte count
+    the read returns -- ``len()`` of the result -- includes the last record's padding.
+
+    The bytes the driver never writes (the 2 bytes of ``struct bpf_hdr`` tail padding and the
+    alignment padding after each frame) are *pad_byte*, non-zero garbage by default, so that
+    nothing can depend on them being zero.  ``caplens`` as for :func:`savefile_batch`
+    (``bh_caplen`` the bytes copied, ``bh_datalen`` the whole frame).
+    """
+    out = bytearray()
+    for i, (data, wire) in enumerate(_snapped(frames, caplens)):
+        out += NPF_HEADER.pack(1700000000 + i, i, len(data), wire, NPF_HDRLEN)
+        out += bytes([pad_byte]) * (NPF_HDRLEN - NPF_HEADER.size) + data
+        out += bytes([pad_byte]) * (-len(out) % 4)         # Packet_WORDALIGN(copied)
+    return out
 
 
 _RECORD_CAPLEN = struct.Struct("=I")

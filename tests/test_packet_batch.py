@@ -9,7 +9,6 @@ frames, for every link type that has a fast path.
 """
 
 import random
-import struct
 
 import pytest
 
@@ -20,22 +19,12 @@ from udpcap_ctypes._stats import Statistics
 PORT = 5000
 FAST_LINKTYPES = [_pcap.DLT_EN10MB, _pcap.DLT_LINUX_SLL, _pcap.DLT_LINUX_SLL2, _pcap.DLT_NULL,
                   _pcap.DLT_LOOP]
-RECORD = struct.Struct("=IIII")
-
-
-def batch(frames):
-    """Frames laid out as savefile records, as the capture readers produce them."""
-    out = bytearray()
-    for frame in frames:
-        out += RECORD.pack(0, 0, len(frame), len(frame)) + frame
-    return out
-
 
 def walk(linktype, frames, fast_path, verify=False, ports=frozenset({PORT})):
     parse = _packet.make_batch_parser(linktype, fast_path=fast_path)
     stats = Statistics()
     found = []
-    view = memoryview(batch(frames))
+    view = memoryview(P.savefile_batch(frames))
     end = parse(view, 0, len(view), ports, stats, verify, found)
     assert end == len(view)
     assert stats.frames == len(frames)
@@ -73,6 +62,21 @@ def edge_packets():
     ] + frags + [frags[1][:30], frags[0][:25]]         # fragments, and truncated ones
 
 
+def mixed_frames(rng, linktype, count, base=None):
+    """*count* frames of *linktype* wrapping packets of *base* (default :func:`edge_packets`),
+    some with bit flips, some truncated (possibly to nothing)."""
+    base = edge_packets() if base is None else base
+    frames = []
+    for _ in range(count):
+        frame = bytearray(P.wrap(linktype, rng.choice(base)))
+        for _flip in range(rng.choice((0, 0, 1, 2, 3))):
+            frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+        if rng.random() < 0.2:
+            del frame[rng.randrange(len(frame) + 1):]
+        frames.append(bytes(frame))
+    return frames
+
+
 @pytest.mark.parametrize("linktype", FAST_LINKTYPES)
 def test_edge_cases_same_on_both_paths(linktype):
     frames = [P.wrap(linktype, pkt) for pkt in edge_packets()]
@@ -97,14 +101,7 @@ def test_random_and_mutated_frames_same_on_both_paths(seed):
     rng = random.Random(seed)
     base = edge_packets()
     for linktype in FAST_LINKTYPES:
-        frames = []
-        for _ in range(800):
-            frame = bytearray(P.wrap(linktype, rng.choice(base)))
-            for _flip in range(rng.choice((0, 0, 1, 2, 3))):
-                frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
-            if rng.random() < 0.2:
-                del frame[rng.randrange(len(frame) + 1):]
-            frames.append(bytes(frame))
+        frames = mixed_frames(rng, linktype, 800, base)
         fast = walk(linktype, frames, True)
         assert fast == walk(linktype, frames, False)
         assert fast[0], "the mix must contain deliverable datagrams"

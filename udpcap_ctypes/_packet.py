@@ -418,6 +418,7 @@ def make_batch_parser(linktype: int, fast_path: bool = True,
             else:
                 append((None, parsed, None, 0, 0, 0, start, view))
         stats.frames += walked
-        return pos
+        # The last record's alignment padding may lie past the batch's end.
+        return pos if pos < end else end
 
     return parse_batch
