@@ -21,19 +21,20 @@ ABIS = {
     "win64": {
         "u_int": (4, 4), "int": (4, 4), "bpf_u_int32": (4, 4), "long": (4, 4),
         "time_t": (8, 8), "suseconds_t": (4, 4), "u_short": (2, 2), "u_char": (1, 1),
-        "ptr": (8, 8),
+        "ptr": (8, 8), "u_int64": (8, 8),
     },
-    # Windows x86 (ILP32).  The MS ABI aligns 64-bit members to 8 inside structs.
+    # Windows x86 (ILP32).  The MS ABI aligns 64-bit members (time_t, ULONGLONG) to 8 inside
+    # structs -- the i386 SysV ABI would align them to 4.
     "win32": {
         "u_int": (4, 4), "int": (4, 4), "bpf_u_int32": (4, 4), "long": (4, 4),
         "time_t": (8, 8), "suseconds_t": (4, 4), "u_short": (2, 2), "u_char": (1, 1),
-        "ptr": (4, 4),
+        "ptr": (4, 4), "u_int64": (8, 8),
     },
     # Linux x86_64 / aarch64 (LP64, glibc): long, time_t, suseconds_t and pointers are 64-bit.
     "linux64": {
         "u_int": (4, 4), "int": (4, 4), "bpf_u_int32": (4, 4), "long": (8, 8),
         "time_t": (8, 8), "suseconds_t": (8, 8), "u_short": (2, 2), "u_char": (1, 1),
-        "ptr": (8, 8),
+        "ptr": (8, 8), "u_int64": (8, 8),
     },
 }
 

@@ -134,14 +134,18 @@ def winemu_shims(tmp_path_factory):
     return winemu.shims(str(tmp_path_factory.mktemp("winemu-shims")))
 
 
-@pytest.fixture
-def machine(winemu_shims, tmp_path):
-    """``machine(**settings)``: a new emulated Windows install (see winemu.Machine)."""
+@pytest.fixture(params=["batch", "next_ex"])
+def machine(request, winemu_shims, tmp_path):
+    """``machine(**settings)``: a new emulated Windows install (see winemu.Machine).
+
+    Every test that uses it runs twice: with the package's Packet.dll batch reader and with
+    wpcap.dll's pcap_next_ex (``reader``; a test may still ask for one itself)."""
     import winemu
     made = []
 
     def make(**settings):
         root = tmp_path / ("machine%d" % len(made))
+        settings.setdefault("reader", request.param)
         made.append(winemu.Machine(str(root), winemu_shims, **settings))
         return made[-1]
     return make

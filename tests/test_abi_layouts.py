@@ -9,6 +9,9 @@ Chain of proof, all on this Linux machine:
    x86_64-w64-mingw32-gcc / i686-w64-mingw32-gcc / gcc against a copy of Debian's real
    ``pcap/pcap.h`` (whose ``_WIN32`` branch is the one Npcap ships), so the C compiler for each
    target agrees byte for byte.  A negative control proves the compiler does reject a wrong one.
+   The Windows-only structs of Packet.dll's API are checked against Npcap's own declarations
+   (restated in NPCAP_DECLARATIONS: there is no Npcap SDK here) and, for OVERLAPPED, against
+   mingw-w64's ``minwinbase.h`` itself.
 """
 
 import ctypes
@@ -34,8 +37,62 @@ TARGETS = [
 C_SCALARS = {
     "u_int": "u_int", "int": "int", "bpf_u_int32": "bpf_u_int32", "long": "long",
     "time_t": "time_t", "suseconds_t": "suseconds_t", "u_short": "u_short", "u_char": "u_char",
-    "ptr": "void *",
+    "ptr": "void *", "u_int64": "unsigned long long",
 }
+
+# Spec names that are typedef names in C, not struct tags: Packet32.h's "typedef struct NetType
+# {...} NetType", "typedef struct _PACKET {...} PACKET", npcap-defs.h's "typedef struct
+# _PACKET_OID_DATA PACKET_OID_DATA" and minwinbase.h's "typedef struct _OVERLAPPED {...}
+# OVERLAPPED".  Every other spec name is a tag: "struct <name>".
+C_TYPEDEF_NAMES = {"NetType", "PACKET", "PACKET_OID_DATA", "OVERLAPPED"}
+
+# Npcap's declarations of the Packet.dll structs that udpcap_ctypes lays out, in Npcap's own
+# words (nmap/npcap at eb5b852: Common/npcap-bpf.h for struct bpf_stat and struct bpf_hdr,
+# Common/Packet32.h for NetType and PACKET, Common/npcap-defs.h for PACKET_OID_DATA), minus
+# doc comments, SAL and deprecation attributes.  The Windows types (UINT, USHORT, ULONGLONG,
+# HANDLE, OVERLAPPED, PVOID, DWORD, BOOLEAN, ULONG, UCHAR) and struct timeval come from
+# windows.h/winsock2.h; npcap-bpf.h's bpf_program and bpf_insn, which pcap/bpf.h already
+# declares, are left out, as npcap-bpf.h itself does after pcap/bpf.h (#ifndef lib_pcap_bpf_h).
+NPCAP_DECLARATIONS = """
+/* Common/npcap-bpf.h */
+struct bpf_stat
+{
+	UINT bs_recv;
+	UINT bs_drop;
+	UINT ps_ifdrop;
+	UINT bs_capt;
+};
+struct bpf_hdr
+{
+	struct timeval bh_tstamp;
+	UINT bh_caplen;
+	UINT bh_datalen;
+	USHORT bh_hdrlen;
+};
+/* Common/Packet32.h */
+typedef struct NetType
+{
+	UINT LinkType;
+	ULONGLONG LinkSpeed;
+}NetType;
+typedef struct _PACKET
+{
+	HANDLE hEvent;
+	OVERLAPPED OverLapped;
+	PVOID Buffer;
+	UINT Length;
+	DWORD ulBytesReceived;
+	BOOLEAN bIoComplete;
+}  PACKET, * LPPACKET;
+/* Common/npcap-defs.h */
+struct _PACKET_OID_DATA
+{
+	ULONG Oid;
+	ULONG Length;
+	UCHAR Data[1];
+};
+typedef struct _PACKET_OID_DATA PACKET_OID_DATA, * PPACKET_OID_DATA;
+"""
 
 PCAP_HEADERS = "/usr/include/pcap"
 
@@ -92,6 +149,26 @@ def test_calculator_packet_oid_data_is_12_bytes():
     for abi in ("win64", "win32"):
         lay = abi_layout.compute_layouts(specs, abi)["oid"]
         assert (lay.size, lay.offsets["Data"]) == (12, 8)
+
+
+def test_known_packet_dll_layouts():
+    """Known answers for Packet.dll's structs: bpf_hdr is 18 bytes of members and 20 with tail
+    padding (NPF_Read's bh_hdrlen) on both; NetType is 16 bytes on Win32 too, because the MS
+    ABI aligns its ULONGLONG to 8 (i386 SysV would give 12); PACKET_OID_DATA is 12
+    (npcap-defs.h's C_ASSERT); PACKET follows the pointer size."""
+    win = _structs.struct_specs(_structs.WINDOWS)
+    for abi, packet_size, buffer_offset in (("win64", 64, 40), ("win32", 40, 24)):
+        lay = abi_layout.compute_layouts(win, abi)
+        assert (lay["bpf_hdr"].size, lay["bpf_hdr"].offsets["bh_hdrlen"]) == (20, 16), abi
+        assert (lay["NetType"].size, lay["NetType"].offsets["LinkSpeed"]) == (16, 8), abi
+        assert (lay["PACKET_OID_DATA"].size, lay["PACKET_OID_DATA"].offsets["Data"]) == (12, 8)
+        assert lay["bpf_stat"].size == 16
+        assert (lay["PACKET"].size, lay["PACKET"].offsets["Buffer"]) == (packet_size,
+                                                                          buffer_offset), abi
+    i386_sysv = dict(abi_layout.ABIS["win32"], u_int64=(8, 4))
+    assert abi_layout.compute_layouts(win, i386_sysv)["NetType"].size == 12
+    for family in (_structs.LINUX, _structs.BSD):
+        assert "PACKET" not in _structs.struct_specs(family)         # Windows only
 
 
 def test_known_pcap_pkthdr_sizes():
@@ -201,8 +278,10 @@ def pcap_include(tmp_path_factory):
 
 def _c_prelude(abi):
     if abi.startswith("win"):
-        return ("#include <winsock2.h>\n#include <stddef.h>\n#include <pcap/pcap.h>\n"
-                "#ifndef _WIN32\n#error not a Windows compiler\n#endif\n")
+        return ("#include <winsock2.h>\n#include <windows.h>\n#include <stddef.h>\n"
+                "#include <pcap/pcap.h>\n"
+                "#ifndef _WIN32\n#error not a Windows compiler\n#endif\n"
+                + NPCAP_DECLARATIONS)
     return ("#include <stddef.h>\n#include <sys/types.h>\n#include <sys/socket.h>\n"
             "#include <netinet/in.h>\n#include <sys/time.h>\n#include <pcap/pcap.h>\n"
             "#ifdef _WIN32\n#error not a Linux compiler\n#endif\n")
@@ -228,7 +307,7 @@ def _assertions(family, abi):
             lines.append('_Static_assert((((%s)-1) < 0) == %d, "signedness of %s %s");'
                          % (c_name, signed, c_type, abi))
     for name, lay in layouts.items():
-        tag = "struct %s" % name
+        tag = name if name in C_TYPEDEF_NAMES else "struct %s" % name
         lines.append('_Static_assert(sizeof(%s) == %d, "sizeof(%s) %s");'
                      % (tag, lay.size, tag, abi))
         lines.append('_Static_assert(_Alignof(%s) == %d, "_Alignof(%s) %s");'
@@ -279,3 +358,23 @@ def test_negative_control_compiler_rejects_a_wrong_assert(pcap_include, tmp_path
     assert result.returncode != 0
     assert "deliberately wrong" in result.stderr
     assert result.stderr.count("static assertion failed") == 1, result.stderr
+
+
+WINDOWS_TARGETS = [t for t in TARGETS if t[2] == _structs.WINDOWS]
+
+
+@pytest.mark.parametrize("abi,compiler,family,package", WINDOWS_TARGETS,
+                         ids=[t[0] for t in WINDOWS_TARGETS])
+def test_negative_control_npcap_declarations_are_compiled(pcap_include, tmp_path, abi, compiler,
+                                                          family, package):
+    """The Packet.dll structs are really checked: a PACKET.Buffer offset 4 bytes off and
+    NetType with the i386 SysV size (12, ULONGLONG aligned to 4) are both rejected."""
+    lay = abi_layout.compute_layouts(_structs.struct_specs(family), abi)["PACKET"]
+    wrong = ['_Static_assert(offsetof(PACKET, Buffer) == %d, "wrong PACKET");'
+             % (lay.offsets["Buffer"] + 4),
+             '_Static_assert(sizeof(NetType) == 12, "wrong NetType");']
+    source = _c_prelude(abi) + "\n".join(_assertions(family, abi) + wrong) + "\n"
+    result = _compile(compiler, package, pcap_include, source, tmp_path)
+    assert result.returncode != 0
+    assert "wrong PACKET" in result.stderr and "wrong NetType" in result.stderr
+    assert result.stderr.count("static assertion failed") == 2, result.stderr

@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from udpcap_ctypes import _pcap
+from udpcap_ctypes import _pcap, _structs
 
 HEADERS = ["/usr/include/pcap/pcap.h", "/usr/include/pcap/bpf.h"]
 
@@ -342,6 +342,12 @@ def test_table_has_no_duplicates():
 
 # Copied by hand from Npcap's Common/Packet32.h (nmap/npcap; NPCAP-NOTES.md), C type -> ctypes:
 # PCHAR/LPCSTR/PCCH -> c_char_p, BOOLEAN (UCHAR) -> c_ubyte, LPADAPTER/PPACKET_OID_DATA -> c_void_p.
+# The capture rows are Packet32.h's declarations verbatim (nmap/npcap at eb5b852), SAL
+# annotations included: _Success_(return) / _Ret_maybenull_ mark the functions that report a
+# failure by their result, with the reason in the thread's last error.  ULONG is 32-bit on
+# Windows (c_uint32, never c_ulong); LPPACKET, NetType*, struct bpf_stat* -> c_void_p (the
+# caller passes byref); struct bpf_program* -> POINTER(bpf_program), as wpcap's rows.
+P_BPF_PROGRAM = ctypes.POINTER(_structs.bpf_program)
 PACKET32_H = {
     "PacketGetVersion": ("PCHAR PacketGetVersion(void)", ctypes.c_char_p, []),
     "PacketGetDriverVersion": ("PCHAR PacketGetDriverVersion(void)", ctypes.c_char_p, []),
@@ -350,17 +356,119 @@ PACKET32_H = {
                                 ctypes.c_ubyte, [ctypes.c_char_p]),
     "PacketGetInfo": ("BOOLEAN PacketGetInfo(LPADAPTER, PPACKET_OID_DATA)  /* Npcap >= 1.81 */",
                       ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p]),
+    "PacketOpenAdapter": (
+        "_Ret_maybenull_ LPADAPTER PacketOpenAdapter(_In_ PCCH AdapterName);",
+        ctypes.c_void_p, [ctypes.c_char_p]),
+    "PacketCloseAdapter": (
+        "VOID PacketCloseAdapter(_In_ _Post_invalid_ LPADAPTER lpAdapter);",
+        None, [ctypes.c_void_p]),
+    "PacketGetNetType": (
+        "_Success_(return) BOOLEAN PacketGetNetType(_In_ LPADAPTER AdapterObject, "
+        "_Out_ NetType* type);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p]),
+    "PacketSetHwFilter": (
+        "_Success_(return) BOOLEAN PacketSetHwFilter(_In_ LPADAPTER AdapterObject, "
+        "_In_ ULONG Filter);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_uint32]),
+    "PacketSetBuff": (
+        "_Success_(return) BOOLEAN PacketSetBuff(_In_ LPADAPTER AdapterObject, _In_ int dim);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_int]),
+    "PacketSetMinToCopy": (
+        "_Success_(return) BOOLEAN PacketSetMinToCopy(_In_ LPADAPTER AdapterObject, "
+        "_In_ int nbytes);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_int]),
+    "PacketSetReadTimeout": (
+        "_Success_(return) BOOLEAN PacketSetReadTimeout(_In_ LPADAPTER AdapterObject, "
+        "_In_ int timeout);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_int]),
+    "PacketSetBpf": (
+        "_Success_(return) BOOLEAN PacketSetBpf(_In_ LPADAPTER AdapterObject, "
+        "_In_ struct bpf_program* fp);",
+        ctypes.c_ubyte, [ctypes.c_void_p, P_BPF_PROGRAM]),
+    "PacketGetReadEvent": (
+        "HANDLE PacketGetReadEvent(_In_ LPADAPTER AdapterObject);",
+        ctypes.c_void_p, [ctypes.c_void_p]),
+    "PacketInitPacket": (
+        "VOID PacketInitPacket(_Out_ LPPACKET lpPacket, _In_reads_bytes_(Length) PVOID  Buffer, "
+        "_In_ UINT  Length);",
+        None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]),
+    "PacketReceivePacket": (
+        "_Success_(return) BOOLEAN PacketReceivePacket(_In_ LPADAPTER AdapterObject, "
+        "_Inout_updates_bytes_(lpPacket->Length) LPPACKET lpPacket, _In_ BOOLEAN Sync);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ubyte]),
+    "PacketGetStats": (
+        "_Success_(return) BOOLEAN PacketGetStats(_In_ LPADAPTER AdapterObject, "
+        "_Out_ struct bpf_stat* s);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_void_p]),
+    "PacketRequest": (
+        "_Success_(return) BOOLEAN PacketRequest(_In_ LPADAPTER  AdapterObject, "
+        "_In_ BOOLEAN Set, _Inout_updates_bytes_(PACKET_OID_DATA_LENGTH(OidData->Length)) "
+        "PPACKET_OID_DATA  OidData);",
+        ctypes.c_ubyte, [ctypes.c_void_p, ctypes.c_ubyte, ctypes.c_void_p]),
 }
+
+# Packet32.h's C types -> the ctypes type a row must use for them (see above).
+PACKET32_TYPES = {
+    "VOID": None, "PCHAR": ctypes.c_char_p, "LPCSTR": ctypes.c_char_p, "PCCH": ctypes.c_char_p,
+    "BOOLEAN": ctypes.c_ubyte, "int": ctypes.c_int, "UINT": ctypes.c_uint,
+    "ULONG": ctypes.c_uint32, "HANDLE": ctypes.c_void_p, "PVOID": ctypes.c_void_p,
+    "LPADAPTER": ctypes.c_void_p, "LPPACKET": ctypes.c_void_p,
+    "PPACKET_OID_DATA": ctypes.c_void_p, "NetType *": ctypes.c_void_p,
+    "struct bpf_stat *": ctypes.c_void_p, "struct bpf_program *": P_BPF_PROGRAM,
+}
+
+# Functions that report failure by their result (_Success_(return), _Ret_maybenull_) but are
+# bound without the last-error errcheck, because their caller checks the result itself.
+CALLER_CHECKS = {"PacketReceivePacket": "the batch reader's hot path (_npf)"}
+
+
+def _packet32_parts(signature):
+    """(return type, name, [argument types]) of one copied declaration: comments, SAL
+    annotations and parameter names dropped, '*' spaced as 'T *'."""
+    text = re.sub(r"/\*.*?\*/", " ", signature)
+    text = re.sub(r"\b_[A-Z][A-Za-z_]*_(\((?:[^()]|\([^()]*\))*\))?", " ", text)
+    match = re.match(r"\s*(.+?)\b(Packet\w+)\s*\((.*)\)\s*;?\s*$", text)
+    ret, name, args = match.groups()
+
+    def c_type(text, named):
+        words = text.replace("*", " * ").split()
+        if named and len(words) > 1 and words[-1] != "*":
+            words = words[:-1]                        # the parameter name
+        return " ".join(words)
+    arg_types = [] if args.strip() in ("", "void") else [
+        c_type(arg, True) for arg in args.split(",")]
+    return c_type(ret, False), name, arg_types
+
+
+@pytest.mark.parametrize("name", sorted(PACKET32_H))
+def test_packet32_h_table_spells_its_c_types_in_ctypes(name):
+    """The ctypes columns of PACKET32_H are what the copied declaration says."""
+    signature, restype, argtypes = PACKET32_H[name]
+    c_ret, c_name, c_args = _packet32_parts(signature)
+    assert c_name == name
+    assert PACKET32_TYPES[c_ret] is restype, (name, c_ret)
+    assert [PACKET32_TYPES[arg] for arg in c_args] == argtypes, (name, c_args)
 
 
 @pytest.mark.parametrize("row", _pcap.PACKET_PROTOTYPES,
                          ids=[r.name for r in _pcap.PACKET_PROTOTYPES])
 def test_packet_dll_row_matches_packet32_h(row):
     assert row.name in PACKET32_H, "%s is not in the Packet32.h table of this test" % row.name
-    _signature, expected_restype, expected_args = PACKET32_H[row.name]
+    signature, expected_restype, expected_args = PACKET32_H[row.name]
     assert row.restype is expected_restype, row.name
     assert list(row.argtypes) == expected_args, row.name
-    assert row.platforms == "windows" and row.errcheck is None
+    assert row.platforms == "windows"
+    # A failure told by the result and the last error raises it (last_error_check); nothing
+    # else has that errcheck, and every other such function is named in CALLER_CHECKS.
+    reports_failure = "_Success_(return)" in signature or "_Ret_maybenull_" in signature
+    if row.errcheck is not None:
+        assert row.errcheck is _pcap.last_error_check and reports_failure, row.name
+    elif reports_failure:
+        assert row.name in CALLER_CHECKS, row.name
+
+
+def test_every_packet32_h_row_is_bound():
+    assert set(PACKET32_H) == {row.name for row in _pcap.PACKET_PROTOTYPES}
 
 
 def test_every_row_newer_than_the_oldest_libraries_says_which_version_added_it():

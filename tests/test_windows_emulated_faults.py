@@ -341,15 +341,21 @@ def emulated_mintocopy(port):
 
     from udpcap_ctypes import UdpcapSocket, _loader
     library = _loader.get_library()
-    probe = ctypes.CDLL(library.path).winemu_pcap_mintocopy
-    probe.restype = ctypes.c_long
-    probe.argtypes = [ctypes.c_void_p]
+    probes = {}
+    # The driver's MinToCopy of a wpcap.dll handle or of a Packet.dll adapter (the batch
+    # reader's), through the shims' test-only exports.
+    for kind, path, name in (("wpcap", library.path, "winemu_pcap_mintocopy"),
+                             ("packet", library.packet_path, "winemu_adapter_mintocopy")):
+        probes[kind] = getattr(ctypes.CDLL(path), name)
+        probes[kind].restype = ctypes.c_long
+        probes[kind].argtypes = [ctypes.c_void_p]
     out = {}
     for immediate in (True, False):
         with UdpcapSocket(immediate=immediate) as sock:
             sock.bind(("0.0.0.0", port))
-            out[str(immediate)] = sorted({probe(c.capture.handle)
-                                          for c in sock._receiver.captures})
+            out[str(immediate)] = sorted({
+                probes["packet" if type(c.capture).__name__ == "PacketCapture" else "wpcap"](
+                    c.capture.handle) for c in sock._receiver.captures})
     return out
 
 

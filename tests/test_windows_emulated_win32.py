@@ -305,14 +305,14 @@ def test_a_legacy_loopback_adapter_serves_loopback_binds(machine, netns):
 
 
 def emulated_own_mac(peer, target, port):
-    from udpcap_ctypes import UdpcapSocket, _win32
+    from udpcap_ctypes import UdpcapSocket
     with UdpcapSocket() as sock:
         sock.bind(("0.0.0.0", port))
         macs = {}
         for opened in sock._receiver.captures:
             macs[opened.device.name] = [
                 None if mac is None else mac.hex()
-                for mac in [_win32.adapter_mac(opened.capture._fns, opened.capture.handle)]]
+                for mac in [sock._platform.adapter_mac(opened.capture)]]
         send_udp(peer, (target, port), [b"x"])
         receive_all(sock, 1)
     return macs

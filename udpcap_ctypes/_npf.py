@@ -90,6 +90,8 @@ class PacketCapture:
     def __init__(self, library, device_name: str, snaplen: int, buffer_size: int,
                  immediate: bool = True, promiscuous: bool = True,
                  batch_size: Optional[int] = None) -> None:
+        if library.packet_fns is None:
+            raise PcapError(errno.ENOSYS, "Packet.dll was not loaded with wpcap.dll")
         missing = missing_functions(library.packet_fns)
         if missing:
             raise PcapError(errno.ENOSYS, "Packet.dll lacks %s" % ", ".join(missing))
@@ -332,7 +334,7 @@ def _read_error(code: int, where: str) -> PcapError:
     if code in (ERROR_GEN_FAILURE, ERROR_DEVICE_REMOVED):
         name = ("ERROR_GEN_FAILURE/STATUS_UNSUCCESSFUL" if code == ERROR_GEN_FAILURE
                 else "ERROR_DEVICE_REMOVED/STATUS_DEVICE_REMOVED")
-        return PcapError(errno.EIO, "PacketReceivePacket: the interface disappeared "
+        return PcapError(errno.EIO, "PacketReceivePacket: The interface disappeared "
                          "(error code %s)" % name)
     from ._win32 import win_error
     exc = win_error("PacketReceivePacket on %s" % where, code)

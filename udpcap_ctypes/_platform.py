@@ -432,10 +432,16 @@ class WindowsPlatform(Platform):
         # multicast again on the loopback adapter: drop the former, as udpcap does.
         if device.loopback or capture.linktype != _pcap.DLT_EN10MB:
             return NO_OWN_FRAMES
-        adapter_mac = getattr(capture, "adapter_mac", None)        # Packet.dll's capture
-        mac = (adapter_mac() if adapter_mac is not None
-               else self._win32.adapter_mac(self.fns, capture.handle))
+        mac = self.adapter_mac(capture)
         return OwnFrames([mac], keep_when_looping=False) if mac else NO_OWN_FRAMES
+
+    def adapter_mac(self, capture):
+        """The MAC of *capture*'s adapter (OID_802_3_CURRENT_ADDRESS), or None: asked through
+        Packet.dll by its batch reader's capture, through wpcap.dll otherwise."""
+        ask = getattr(capture, "adapter_mac", None)
+        if ask is not None:
+            return ask()
+        return self._win32.adapter_mac(self.fns, capture.handle)
 
     def make_waiter(self, captures, immediate):
         waiter = self._win32.EventWaiter(

@@ -114,6 +114,9 @@ class Machine:
     ``loopback_support``: the LoopbackSupport option.  ``legacy_loopback``: a GUID; the loopback
     adapter then has the pre-0.9983 name \\Device\\NPF_{GUID}, recorded in LoopbackAdapter.
     ``pcap_init``: False for an Npcap older than 1.20 (wpcap.dll without pcap_init).
+    ``reader``: the package's capture reader in this install (UDPCAP_CTYPES_READER): "batch"
+    (Packet.dll's PacketReceivePacket per batch, the default) or "next_ex" (wpcap.dll's
+    pcap_next_ex per frame).
     ``locale``: "de" for German system messages.  ``adapters``: {ifname: {"description": ...,
     "promisc_error": win32 code, "open_error": win32 code}}.  ``extra``: raw profile lines.
     """
@@ -122,8 +125,9 @@ class Machine:
                  admin_only=False, elevated=True, uac="accept", loopback_support=True,
                  legacy_loopback=None, pcap_init=True, locale=None, adapters=None,
                  winpcap_service=False, registry_denied=False, scm_denied=False, packet=True,
-                 registry_layout="modern", extra=()):
+                 registry_layout="modern", extra=(), reader=None):
         self.root = root
+        self.reader = reader
         self.shim_dir = shim_dir
         os.makedirs(root, exist_ok=True)
         # System32 as the package will spell it: "<root>/System32", then "\Npcap\wpcap.dll"
@@ -187,6 +191,9 @@ class Machine:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONIOENCODING"] = "utf-8"
         env["PYTHONFAULTHANDLER"] = "1"
+        env.pop("UDPCAP_CTYPES_READER", None)
+        if self.reader:
+            env["UDPCAP_CTYPES_READER"] = self.reader
         if extra:
             env.update(extra)
         return env

@@ -12,8 +12,9 @@ What "Windows" means here, at each boundary udpcap_ctypes crosses:
   import time are imported first, so they keep their POSIX selves).
 * ctypes: ``WinDLL("kernel32"/"advapi32", use_last_error=...)`` loads the shims; ctypes'
   private last-error copy is emulated with its private errno copy (``use_errno``), which the
-  shims set exactly as Windows sets the last error.  ``FormatError`` knows the messages of the
-  Win32 errors the shims produce.
+  shims set exactly as Windows sets the last error.  So ``CDLL(..., use_last_error=True)``
+  (Packet.dll: cdecl, failures told by the last error) also gets ``use_errno``.
+  ``FormatError`` knows the messages of the Win32 errors the shims produce.
 * ``os.add_dll_directory``: checks the directory exists, as Windows does, and records it.
 * ``winreg``: the stdlib module rebuilt over advapi32's RegOpenKeyExW / RegQueryInfoKeyW /
   RegEnumValueW / RegCloseKey (recorded values in the profile).
@@ -33,6 +34,7 @@ import ctypes
 import ctypes.util  # noqa: F401
 import errno
 import importlib.util
+import inspect
 import json
 import os
 import runpy
@@ -80,11 +82,14 @@ SYSTEM_MESSAGES = {
     8: "Not enough memory resources are available to process this command.",
     20: "The system cannot find the device specified.",
     31: "A device attached to the system is not functioning.",
+    50: "The request is not supported.",
     87: "The parameter is incorrect.",
     122: "The data area passed to a system call is too small.",
+    123: "The filename, directory name, or volume label syntax is incorrect.",
     234: "More data is available.",
     259: "No more data is available.",
     1060: "The specified service does not exist as an installed service.",
+    1450: "Insufficient system resources exist to complete the requested service.",
     1617: "The device has been removed.",
 }
 _ERRNO_OF = {2: (FileNotFoundError, errno.ENOENT), 5: (PermissionError, errno.EACCES),
@@ -122,6 +127,22 @@ def WinDLL(name, mode=ctypes.DEFAULT_MODE, handle=None, use_errno=False, use_las
     raise FileNotFoundError(errno.ENOENT, "Could not find module '%s' (or one of its "
                                           "dependencies). Try using the full path with "
                                           "constructor syntax." % name)
+
+
+_REAL_CDLL = ctypes.CDLL
+_CDLL_SIGNATURE = inspect.signature(_REAL_CDLL.__init__)
+
+
+class CDLL(_REAL_CDLL):
+    """``ctypes.CDLL`` whose ``use_last_error=True`` also means ``use_errno=True``: the copy
+    of the last error that ``ctypes.get_last_error`` (here ``get_errno``) returns.  Every
+    argument, ``use_last_error`` included, is passed on as given."""
+
+    def __init__(self, *args, **kwargs):
+        bound = _CDLL_SIGNATURE.bind(self, *args, **kwargs)
+        if bound.arguments.get("use_last_error"):
+            bound.arguments["use_errno"] = True
+        super().__init__(*bound.args[1:], **bound.kwargs)
 
 
 ADDED_DLL_DIRECTORIES = []
@@ -280,6 +301,7 @@ def _build_winapi():
 def install():
     """Turn this interpreter into the emulated Windows (once, before udpcap_ctypes loads)."""
     sys.platform = "win32"
+    ctypes.CDLL = CDLL
     ctypes.WinDLL = WinDLL
     ctypes.get_last_error = ctypes.get_errno
     ctypes.set_last_error = ctypes.set_errno

@@ -83,6 +83,7 @@ static void load_real(void)
     BIND(offline_filter, "pcap_offline_filter");
     BIND(stats, "pcap_stats");
     BIND(breakloop, "pcap_breakloop");
+    BIND(validate, "bpf_validate");
 #undef BIND
 }
 
@@ -515,12 +516,20 @@ EXPORT void npf_set_snaplen(struct npf_open *o, int snaplen)
     pthread_mutex_unlock(&o->lock);
 }
 
-EXPORT int npf_set_filter(struct npf_open *o, const struct bpf_insn *insns, unsigned count)
+EXPORT DWORD npf_set_filter(struct npf_open *o, const struct bpf_insn *insns, unsigned count)
 {
-    /* Packet.c funcBIOCSETF: swap the program in, then NPF_ResetBufferContents. */
-    struct bpf_insn *copy = malloc(sizeof *insns * (count ? count : 1));
+    /* Packet.c NPF_IoControl: an empty program is an ioctl without a buffer
+     * (STATUS_INVALID_PARAMETER).  funcBIOCSETF: more than BPF_MAXINSNS (win_bpf.h: 4096)
+     * instructions or a program bpf_validate rejects is STATUS_INVALID_DEVICE_REQUEST (the
+     * driver's bpf_validate is the BSD one, as libpcap's); then swap the program in and
+     * NPF_ResetBufferContents. */
+    if (insns == NULL || count == 0)
+        return ERROR_INVALID_PARAMETER;
+    if (count > 4096 || !npf_real()->validate(insns, (int)count))
+        return ERROR_INVALID_FUNCTION;
+    struct bpf_insn *copy = malloc(sizeof *insns * count);
     if (copy == NULL)
-        return 0;
+        return ERROR_NO_SYSTEM_RESOURCES;              /* STATUS_INSUFFICIENT_RESOURCES */
     memcpy(copy, insns, sizeof *insns * count);
     pthread_mutex_lock(&o->lock);
     free(o->filter.bf_insns);
@@ -528,7 +537,7 @@ EXPORT int npf_set_filter(struct npf_open *o, const struct bpf_insn *insns, unsi
     o->filter.bf_len = count;
     reset_buffer(o);
     pthread_mutex_unlock(&o->lock);
-    return 1;
+    return 0;
 }
 
 EXPORT long npf_read(struct npf_open *o, uint8_t *buffer, unsigned long size, DWORD *error)
@@ -536,15 +545,20 @@ EXPORT long npf_read(struct npf_open *o, uint8_t *buffer, unsigned long size, DW
     /* Read.c NPF_Read: never blocks; clears the event first; copies whole records while
      * more than an empty record's worth of room is left (a first record that does not fit is
      * truncated, a later one stays queued); Packet_WORDALIGN after each. */
+    const unsigned long header = sizeof(struct npf_bpf_hdr);
     pthread_mutex_lock(&o->lock);
     if (o->size == 0) {
         pthread_mutex_unlock(&o->lock);
         *error = ERROR_GEN_FAILURE;                /* STATUS_UNSUCCESSFUL */
         return -1;
     }
+    if (size < header) {
+        pthread_mutex_unlock(&o->lock);
+        *error = ERROR_INSUFFICIENT_BUFFER;        /* STATUS_BUFFER_TOO_SMALL: no bpf_hdr fits */
+        return -1;
+    }
     winemu_event_reset(o->read_event);
     unsigned long copied = 0;
-    const unsigned long header = sizeof(struct npf_bpf_hdr);
     while (size > copied + header && o->head) {
         struct cap *c = o->head;
         uint32_t caplen = c->caplen;
@@ -600,6 +614,61 @@ EXPORT int npf_mac(struct npf_open *o, uint8_t mac[6])
     if (ok)
         memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
     return ok;
+}
+
+EXPORT DWORD npf_oid_request(struct npf_open *o, int set, uint32_t oid, uint8_t *data,
+                             uint32_t *length)
+{
+    /* Packet.c funcBIOC_OID, in its order.  The request must hold a whole PACKET_OID_DATA
+     * (12 bytes: Length >= 4) and Length > 0, else STATUS_BUFFER_TOO_SMALL. */
+    uint32_t value;
+    if (*length < 4)
+        return ERROR_INSUFFICIENT_BUFFER;
+    if (o->loopback) {
+        /* "We don't really support OID requests on our fake loopback adapter, but we can
+         * pretend": a set of OID_GEN_CURRENT_PACKET_FILTER succeeds, and of the queries only
+         * the few it fakes (OID_GEN_MEDIA_IN_USE: NdisMediumNull in DltNull mode) answer;
+         * anything else is STATUS_INVALID_DEVICE_REQUEST -- no 802.3 OID, so no MAC. */
+        if (set)
+            return oid == OID_GEN_CURRENT_PACKET_FILTER ? 0 : ERROR_INVALID_FUNCTION;
+        if (oid != OID_GEN_MEDIA_IN_USE)
+            return ERROR_INVALID_FUNCTION;
+        value = NDIS_MEDIUM_NULL;
+        memcpy(data, &value, 4);
+        *length = 4;
+        return 0;
+    }
+    if (set && oid == OID_GEN_CURRENT_PACKET_FILTER) {
+        /* "OID_GEN_CURRENT_PACKET_FILTER requires additional checks": exactly one ULONG. */
+        if (*length != 4)
+            return ERROR_INSUFFICIENT_BUFFER;
+        memcpy(&value, data, 4);
+        return npf_set_hw_filter(o, (value & NDIS_PACKET_TYPE_PROMISCUOUS) != 0);
+    }
+    /* Everything else goes to the miniport (NPF_DoInternalRequest).  An Ethernet miniport
+     * answers OID_GEN_MEDIA_IN_USE (NdisMedium802_3) and OID_802_3_CURRENT_ADDRESS (the MAC);
+     * a buffer too short for the answer and an OID it does not support are refused.  Npcap
+     * passes the miniport's NDIS status through with the customer bit set (OID_REQUEST_MAP_
+     * STATUS: 0xE00000BB for NDIS_STATUS_NOT_SUPPORTED); the emulation answers with plain
+     * Win32 codes instead, ERROR_INSUFFICIENT_BUFFER and ERROR_NOT_SUPPORTED (what the
+     * status maps to without that bit; pcap-npf.c treats both spellings alike). */
+    if (!set && oid == OID_GEN_MEDIA_IN_USE) {
+        value = NDIS_MEDIUM_802_3;
+        memcpy(data, &value, 4);
+        *length = 4;
+        return 0;
+    }
+    if (!set && oid == OID_802_3_CURRENT_ADDRESS) {
+        uint8_t mac[6];
+        if (*length < 6)
+            return ERROR_INSUFFICIENT_BUFFER;
+        if (!npf_mac(o, mac))
+            return ERROR_GEN_FAILURE;
+        memcpy(data, mac, 6);
+        *length = 6;
+        return 0;
+    }
+    return ERROR_NOT_SUPPORTED;
 }
 
 EXPORT void npf_close(struct npf_open *o)

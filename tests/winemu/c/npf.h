@@ -44,6 +44,7 @@ struct npf_real {
     int (*offline_filter)(const struct bpf_program *, const struct pcap_pkthdr *, const u_char *);
     int (*stats)(pcap_t *, struct pcap_stat *);
     void (*breakloop)(pcap_t *);
+    int (*validate)(const struct bpf_insn *, int);
 };
 
 EXPORT const struct npf_real *npf_real(void);
@@ -77,11 +78,27 @@ EXPORT int npf_set_buffer(struct npf_open *o, long size);            /* BIOCSETB
 EXPORT void npf_set_mintocopy(struct npf_open *o, long size);         /* BIOCSMINTOCOPY */
 EXPORT long npf_mintocopy(struct npf_open *o);                        /* for the tests */
 EXPORT void npf_set_snaplen(struct npf_open *o, int snaplen);
-EXPORT int npf_set_filter(struct npf_open *o, const struct bpf_insn *insns, unsigned count);
+/* BIOCSETF: 0 or a Win32 error (the program is refused, nothing changes). */
+EXPORT DWORD npf_set_filter(struct npf_open *o, const struct bpf_insn *insns, unsigned count);
 EXPORT long npf_read(struct npf_open *o, uint8_t *buffer, unsigned long size, DWORD *error);
 EXPORT void npf_stats(struct npf_open *o, uint32_t *recv, uint32_t *drop, uint32_t *capt);
 EXPORT HANDLE npf_read_event(struct npf_open *o);
 EXPORT int npf_mac(struct npf_open *o, uint8_t mac[6]);
+
+/* OIDs (ntddndis.h) and what the driver answers for them.  NdisMediumNull is Packet32.h's
+ * custom medium of the loopback adapter (-1 in a UINT). */
+#define OID_GEN_MEDIA_IN_USE 0x00010104u
+#define OID_GEN_CURRENT_PACKET_FILTER 0x0001010Eu
+#define OID_802_3_CURRENT_ADDRESS 0x01010102u
+#define NDIS_PACKET_TYPE_PROMISCUOUS 0x00000020u
+#define NDIS_MEDIUM_802_3 0u
+#define NDIS_MEDIUM_NULL 0xFFFFFFFFu
+
+/* BIOCQUERYOID / BIOCSETOID (Packet.c funcBIOC_OID), behind Packet.dll's PacketRequest and
+ * wpcap's pcap_oid_get_request: 0 or a Win32 error.  *length is the size of *data on entry
+ * and the size of the answer on success. */
+EXPORT DWORD npf_oid_request(struct npf_open *o, int set, uint32_t oid, uint8_t *data,
+                             uint32_t *length);
 EXPORT void npf_close(struct npf_open *o);
 
 #endif

@@ -41,17 +41,21 @@ typedef void *LPVOID;
 #define MAXIMUM_WAIT_OBJECTS 64
 
 #define ERROR_SUCCESS 0
+#define ERROR_INVALID_FUNCTION 1
 #define ERROR_FILE_NOT_FOUND 2
 #define ERROR_ACCESS_DENIED 5
 #define ERROR_INVALID_HANDLE 6
 #define ERROR_NOT_ENOUGH_MEMORY 8
 #define ERROR_GEN_FAILURE 31
+#define ERROR_NOT_SUPPORTED 50
 #define ERROR_INVALID_PARAMETER 87
 #define ERROR_INSUFFICIENT_BUFFER 122
+#define ERROR_INVALID_NAME 123
 #define ERROR_MORE_DATA 234
 #define ERROR_NO_MORE_ITEMS 259
 #define ERROR_DEVICE_REMOVED 1617
 #define ERROR_SERVICE_DOES_NOT_EXIST 1060
+#define ERROR_NO_SYSTEM_RESOURCES 1450
 #define ERROR_BAD_UNIT 20
 
 /* Handle kinds in the one table. */
@@ -63,6 +67,8 @@ EXPORT int winemu_handle_kind(HANDLE handle);
 EXPORT int winemu_handle_count(int kind);
 EXPORT uintptr_t winemu_handle_data(HANDLE handle);
 EXPORT void winemu_set_last_error(DWORD code);
+EXPORT DWORD WINAPI GetLastError(void);
+EXPORT void WINAPI SetLastError(DWORD code);         /* sets errno too: see kernel32.c */
 EXPORT DWORD WINAPI WaitForSingleObject(HANDLE handle, DWORD ms);
 EXPORT void winemu_event_set(HANDLE event);
 EXPORT void winemu_event_reset(HANDLE event);

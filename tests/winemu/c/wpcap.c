@@ -92,8 +92,6 @@
 #define WIN32_DEFAULT_USER_BUFFER_SIZE 256000
 #define WIN32_DEFAULT_KERNEL_BUFFER_SIZE 1000000
 #define MAXIMUM_SNAPLEN 262144
-#define OID_802_3_CURRENT_ADDRESS 0x01010102u
-#define ERROR_NOT_SUPPORTED 50
 #define WIN_AF_INET6 23
 
 struct win_timeval { int32_t tv_sec, tv_usec; };
@@ -140,6 +138,8 @@ static const char *system_message(DWORD code)
                            : "A device attached to the system is not functioning.";
     case 50: return german ? "Die Anfrage wird nicht unterstützt."
                            : "The request is not supported.";
+    case 122: return german ? "Der an einen Systemaufruf übergebene Datenbereich ist zu klein."
+                            : "The data area passed to a system call is too small.";
     default: return german ? "Unbekannter Fehler." : "Unknown error.";
     }
 }
@@ -404,7 +404,7 @@ EXPORT int pcap_setfilter(emu_t *p, struct bpf_program *program)
         return npf_real()->setfilter(p->real, program);
     if (!p->activated)
         return PCAP_ERROR_NOT_ACTIVATED;
-    if (!npf_set_filter(p->open, program->bf_insns, program->bf_len)) {
+    if (npf_set_filter(p->open, program->bf_insns, program->bf_len) != 0) {
         set_error(p->errbuf, "Driver error: cannot set bpf filter");
         return PCAP_ERROR;
     }
@@ -615,8 +615,11 @@ EXPORT int pcap_setbuff(emu_t *p, int dim)
     return 0;
 }
 
-/* pcap-npf.c pcap_oid_get_request_npf -> PacketRequest: the MAC OID on adapters; the
- * loopback adapter answers no 802.3 OID (ERROR_INVALID_FUNCTION); -1 with the text. */
+/* pcap-npf.c pcap_oid_get_request_npf -> oid_get_request -> PacketRequest(FALSE): the
+ * driver's answer (npf_oid_request, the same as the emulated Packet.dll's): the MAC OID on
+ * adapters; the loopback adapter answers no 802.3 OID (ERROR_INVALID_FUNCTION); -1 with
+ * "Error calling PacketRequest: <message> (<code>)" on failure, else *lenp = the answer's
+ * length. */
 EXPORT int pcap_oid_get_request(emu_t *p, bpf_u_int32 oid, void *data, size_t *lenp)
 {
     if (!p->activated)
@@ -625,22 +628,15 @@ EXPORT int pcap_oid_get_request(emu_t *p, bpf_u_int32 oid, void *data, size_t *l
         set_error(p->errbuf, "An OID get request cannot be performed on a file");
         return PCAP_ERROR;
     }
-    uint8_t mac[6];
-    if (oid != OID_802_3_CURRENT_ADDRESS) {
-        set_win32_error(p->errbuf, ERROR_NOT_SUPPORTED, "Error calling PacketRequest");
+    uint8_t answer[64];
+    uint32_t length = *lenp < sizeof answer ? (uint32_t)*lenp : (uint32_t)sizeof answer;
+    DWORD error = npf_oid_request(p->open, 0, oid, answer, &length);
+    if (error) {
+        set_win32_error(p->errbuf, error, "Error calling PacketRequest");
         return PCAP_ERROR;
     }
-    if (!npf_mac(p->open, mac)) {
-        /* Packet.c funcBIOC_OID: loopback answers no 802.3 OID (STATUS_INVALID_DEVICE_REQUEST) */
-        set_win32_error(p->errbuf, 1, "Error calling PacketRequest");
-        return PCAP_ERROR;
-    }
-    if (*lenp < 6) {
-        set_win32_error(p->errbuf, ERROR_INSUFFICIENT_BUFFER, "Error calling PacketRequest");
-        return PCAP_ERROR;
-    }
-    memcpy(data, mac, 6);
-    *lenp = 6;
+    memcpy(data, answer, length);
+    *lenp = length;
     return 0;
 }
 
