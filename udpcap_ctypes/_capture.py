@@ -278,6 +278,7 @@ class BatchReader:
     BUFFER_SIZE = 2 << 20
     MAX_BATCH = 64          # frames per refill at most: several devices stay fair
     records = SAVEFILE_RECORDS
+    description = "?"       # what capture_readers() and check report
     view = None
     start = 0
     exhausted = True
@@ -300,6 +301,8 @@ class NextExReader(BatchReader):
     The portable path, and Windows' (wpcap.dll cannot write a savefile to memory).  At most
     ``max_batch`` frames per refill keep several devices fair.
     """
+
+    description = "pcap_next_ex, one call per frame"
 
     def __init__(self, fns, handle, snaplen, size=None, max_batch=BatchReader.MAX_BATCH):
         # At least two records of the snaplen (see refill's room check).
@@ -359,6 +362,7 @@ class DumpBatchReader(BatchReader):
     """
 
     MIN_BATCH = 16
+    description = "batches: pcap_dispatch into memory (pcap_dump over fmemopen)"
 
     def __init__(self, fns, libc, handle, snaplen, size=None):
         # At least one batch of MIN_BATCH snaplen records (a count of 0 would mean "all" to

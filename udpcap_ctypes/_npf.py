@@ -268,6 +268,7 @@ class NpfBatchReader(BatchReader):
     """
 
     records = NPF_RECORDS
+    description = "batches: Packet.dll PacketReceivePacket"
 
     def __init__(self, packet_fns, adapter, snaplen: int, size: Optional[int] = None) -> None:
         header = ctypes.sizeof(_structs.bpf_hdr)

@@ -574,7 +574,7 @@ def run_self_test(env, bind_host, dest_host, count, group=None, multicast_if=Non
     The dict has the :func:`summarize` keys plus ``port``, ``filters``, ``statistics`` and
     ``error`` (the exception text when the socket could not be opened or sending failed).
     """
-    result = {"port": None, "filters": {}, "statistics": {}, "error": None,
+    result = {"port": None, "filters": {}, "readers": {}, "statistics": {}, "error": None,
               "error_type": None}
     nonce = int.from_bytes(os.urandom(4), "big")
     sequences, latencies = [], []
@@ -588,6 +588,7 @@ def run_self_test(env, bind_host, dest_host, count, group=None, multicast_if=Non
         port = sock.getsockname()[1]
         result["port"] = port
         result["filters"] = sock.filter_expressions()
+        result["readers"] = sock.capture_readers()
         errors = []
         sender = threading.Thread(target=_sender, name="udpcap-check-sender",
                                   args=((dest_host, port), count, nonce, interval, errors,
@@ -664,6 +665,8 @@ def self_test_check(env, result, name="self-test", target="127.0.0.1", multicast
     port = result.get("port")
     where = "%s:%s" % (target, port) if port else target
     verbose = ["BPF filter on %s: %s" % item for item in sorted(result["filters"].items())]
+    verbose += ["reader on %s: %s" % item
+                for item in sorted((result.get("readers") or {}).items())]
     stats = result.get("statistics") or {}
     if stats:
         verbose.append("statistics: frames %d, delivered %d, not for us %d, malformed %d, "

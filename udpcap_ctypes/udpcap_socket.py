@@ -585,6 +585,14 @@ class UdpcapSocket:
             return {}
         return {c.device.name: c.filter_text for c in receiver.captures}
 
+    def capture_readers(self) -> Dict[str, str]:
+        """``{device: how frames are read}`` (the ``reader`` option as it worked out on each
+        device, for diagnostics); ``{}`` before bind and after close."""
+        receiver = self._receiver
+        if receiver is None:
+            return {}
+        return {c.device.name: c.shared.reader.description for c in receiver.captures}
+
     def close(self) -> None:
         """Close the socket; a receive blocked in another thread raises SocketClosedError.
 
