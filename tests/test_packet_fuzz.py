@@ -312,6 +312,20 @@ class ListBatchReader(_capture.BatchReader):
         return pos
 
 
+def poll_all(receiver):
+    """Every datagram *receiver* delivers until its list readers are used up."""
+    readers = [opened.capture.reader for opened in receiver.captures]
+    while True:
+        result = receiver.poll(None, 65535)
+        if result is None:
+            # "Nothing deliverable in the batches read": a real socket would wait on the
+            # capture's fd here, which stays readable while frames are queued.
+            if any(reader.remaining for reader in readers):
+                continue
+            return
+        yield result
+
+
 class ListCapture:
     handle = None                 # no native handle: no drops to ask for
 
@@ -468,16 +482,7 @@ def test_receiver_poll_end_to_end_fuzz(seed, verify):
 
     got = collections.Counter()
     noise_deliveries = 0
-    readers = [opened.capture.reader for opened in receiver.captures]
-    while True:
-        result = receiver.poll(None, 65535)
-        if result is None:
-            # "Nothing deliverable in the batches read": a real socket would wait on the
-            # capture's fd here, which stays readable while frames are queued.
-            if any(reader.remaining for reader in readers):
-                continue
-            break
-        data, (host, sport) = result
+    for data, (host, sport) in poll_all(receiver):
         src = P.addr(host)
         if src in INTACT_SRCS:
             got[(data, src, sport)] += 1

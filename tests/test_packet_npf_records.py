@@ -42,6 +42,7 @@ from test_packet_fuzz import (
     link_frame_intact,
     make_pool,
     mutate,
+    poll_all,
     pre_parse,
 )
 
@@ -159,6 +160,18 @@ def reference_npf_walk(buf, start, end):
         pos = (pos + hdrlen + caplen + 3) & ~3
         walked += 1
     return walked, None
+
+
+def agrees_with_reference(buf, start, end, pos, stats):
+    """The walk's frame count, drop and stop agree with :func:`reference_npf_walk`;
+    returns the reference's ``(walked, liar)``."""
+    walked, liar = reference_npf_walk(buf, start, end)
+    assert stats.frames == walked
+    if liar is None:
+        assert stats.malformed["record_header"] == 0 and pos >= end
+    else:
+        assert stats.malformed["record_header"] == 1 and pos == liar
+    return walked, liar
 
 
 def within(found, start, end):
@@ -386,12 +399,7 @@ def test_a_lying_record_header_drops_the_rest_of_the_batch():
         assert [e[:7] for e in found[:len(before)]] == before
         assert stats.malformed["record_header"] <= 1
         assert stats.frames <= (end - start + 2) // 20
-        walked, liar = reference_npf_walk(buf, start, end)
-        assert stats.frames == walked
-        if liar is None:
-            assert stats.malformed["record_header"] == 0 and pos >= end
-        else:
-            assert stats.malformed["record_header"] == 1 and pos == liar
+        walked, liar = agrees_with_reference(buf, start, end, pos, stats)
         if lies:
             assert pos == offsets[k] and stats.frames == k
             assert [e[:7] for e in found] == before
@@ -443,12 +451,7 @@ def test_random_buffers_never_raise():
         within(found, start, end)
         assert stats.malformed["record_header"] <= 1
         assert stats.frames <= (end - start + 2) // 20
-        walked, liar = reference_npf_walk(buf, start, end)
-        assert stats.frames == walked
-        if liar is None:
-            assert stats.malformed["record_header"] == 0 and pos >= end
-        else:
-            assert stats.malformed["record_header"] == 1 and pos == liar
+        walked, liar = agrees_with_reference(buf, start, end, pos, stats)
         stopped["lie" if liar is not None else "end", walked > 1] += 1
     assert stopped["end", True] > 100 and stopped["lie", True] > 100, stopped
 
@@ -537,15 +540,7 @@ def run_receiver(streams, reader_class, seed, verify):
         shared.add(subscription)
         receiver.captures.append(subscription)
         shared_captures.append(shared)
-    readers = [opened.capture.reader for opened in receiver.captures]
-    deliveries = []
-    while True:
-        result = receiver.poll(None, 65535)
-        if result is None:
-            if any(reader.remaining for reader in readers):
-                continue
-            break
-        deliveries.append(result)
+    deliveries = list(poll_all(receiver))
     receiver.settle_stats()
     for shared in shared_captures:
         shared.close()

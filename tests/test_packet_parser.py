@@ -551,9 +551,11 @@ def test_every_parser_reason_is_reachable_and_named():
     owned = {"link_truncated", "link_not_ipv4", "ip_truncated", "ip_version", "ip_header_length",
              "ip_total_length", "ip_checksum", "udp_truncated", "udp_length", "udp_checksum"}
     assert owned <= set(MALFORMED_REASONS)
-    # The remaining reasons belong to the reassembler.
+    # The remaining reasons belong to the reassembler, and to the batch walker (a capture
+    # record whose header lies: tests/test_packet_npf_records.py).
     assert set(MALFORMED_REASONS) - owned == {"fragment_offset", "fragment_alignment",
-                                              "fragment_overlap", "fragment_conflict"}
+                                              "fragment_overlap", "fragment_conflict",
+                                              "record_header"}
 
 
 # -- cross-checks against a straightforward RFC 1071 implementation ---------------------------
