@@ -61,7 +61,7 @@ def run_send(args, timeout=60):
 # --------------------------------------------------------------------------- --help
 
 @pytest.mark.parametrize("script", ["send.py", "recv.py", "bench.py", "bench_replay.py",
-                                    "bench_sockets.py"])
+                                    "bench_sockets.py", "bench_readers.py"])
 def test_help_exits_zero_from_any_directory(script):
     done = subprocess.run(tool(script) + ["--help"], cwd="/", stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
@@ -666,6 +666,55 @@ def test_bench_sockets_json_has_a_row_for_every_count_and_receiver():
             assert row["cpu_ratio"] == 1.0
         run = [r for r in report["runs"]["stream"] if (r["kind"], r["k"]) == (kind, k)][0]
         assert len(run["sockets"]) == k
+
+
+@pytest.mark.live
+@pytest.mark.windows_emulated
+def test_bench_readers_json_has_a_row_for_every_receiver():
+    """bench.py --readers (tools/bench_readers.py) with tiny settings: one stream row for each
+    of the five receivers (the kernel socket, UdpcapSocket's Linux batch and next_ex readers,
+    its Npcap batch and next_ex readers on the emulated Windows), each having received
+    datagrams through the reader it names, and its namespaces gone afterwards.  Structural
+    only: no timing."""
+    require_udpcap_socket()
+    import winemu
+    reason = winemu.unavailable_reason()
+    if reason:
+        pytest.skip("the emulated Windows cannot be built: %s" % reason)
+    proc = subprocess.Popen(
+        tool("bench.py") + ["--readers", "--rates", "1000", "--sizes", "200", "--seconds",
+                            "0.5", "--repeat", "1", "--no-callgrind", "--port", "21500",
+                            "--json"],
+        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    out, err = proc.communicate(timeout=120)
+    left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
+                          universal_newlines=True).stdout
+    tag = "%d" % (proc.pid % 100000)
+    assert not [line for line in left.splitlines()
+                if line.split()[0] in ("uctrd-r" + tag, "uctrd-p" + tag)], left
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert not report["errors"], report["errors"]
+    assert report["machine"]["cpus"] and report["machine"]["kernel"]
+    assert report["callgrind_rows"] == []
+    rows = {r["receiver"]: r for r in report["stream_rows"]}
+    expected = {"socket": None, "linux-batch": "DumpBatchReader",
+                "linux-next_ex": "NextExReader", "npcap-batch": "NpfBatchReader",
+                "npcap-next_ex": "NextExReader"}
+    assert set(rows) == set(expected)
+    for name, reader in expected.items():
+        row = rows[name]
+        assert (row["size"], row["rate"], row["repeats"]) == (200, 1000, 1), row
+        assert row["sent"] > 0 and row["received"] > 0 and not row["cut"], row
+        assert row["thread_us"] is not None and row["ratio"] is not None, row
+        if reader is None:
+            assert row["readers"] == {} and row["ratio"] == 1.0, row
+        else:
+            assert row["readers"] and all(reader in how for how in row["readers"].values()), row
+    emulated = rows["npcap-batch"]["readers"]
+    assert any(device.startswith("\\Device\\NPF_{") for device in emulated), emulated
+    assert rows["npcap-batch"]["counterpart"] == "linux-batch"
+    assert rows["npcap-batch"]["counterpart_ratio"] is not None
 
 
 # --------------------------------------------------------------------------- bench_replay.py

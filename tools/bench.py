@@ -13,6 +13,7 @@ measures ("Tools") and shows a run ("Performance").
     python3 tools/bench.py --svg rates.svg # also draw the drain rates as a bar chart
     python3 tools/bench.py --sweep --svg sweep.svg  # rate sweep only: CPU, loss, latency
     python3 tools/bench.py --sockets       # many sockets: tools/bench_sockets.py (root)
+    python3 tools/bench.py --readers       # the capture readers: tools/bench_readers.py (root)
 
 The receivers run in bench_worker.py, bench_run.py runs the phases, bench_report.py makes the
 rows and tables.  With --sweep, bench.py runs only the rate sweep: at each of --sweep-rates
@@ -23,6 +24,10 @@ CPU per datagram and ratio to socket.recvfrom_into, losses and one-way latency p
 With --sockets, bench.py runs tools/bench_sockets.py instead, with all the
 arguments (see its --help): memory, open and close time of N sockets bound to 0.0.0.0, and the
 CPU of K sockets of one process reading one multicast stream, against kernel sockets.
+With --readers, bench.py runs tools/bench_readers.py instead, with all the arguments: the
+receiving thread's CPU per datagram (and with --callgrind the instructions per datagram) of
+socket.recvfrom_into, UdpcapSocket's Linux batch and next_ex readers and its Npcap batch and
+next_ex readers on the emulated Windows of tests/winemu, on the same paced stream.
 """
 
 import argparse
@@ -31,6 +36,7 @@ import sys
 import time
 
 import _common
+import bench_readers
 import bench_sockets
 from bench_report import (
     report_text,
@@ -146,6 +152,13 @@ def build_parser():
                         "root): memory, open and close time of N UdpcapSockets bound to "
                         "0.0.0.0 and CPU of K sockets on one multicast stream, against "
                         "kernel sockets (see bench_sockets.py --help)")
+    p.add_argument("--readers", metavar="R,R,...", nargs="?", const="",
+                   help="run tools/bench_readers.py instead, with every argument given (as "
+                        "root): the receiving thread's CPU per datagram and losses of "
+                        "socket.recvfrom_into and of UdpcapSocket's Linux and emulated Npcap "
+                        "batch and next_ex readers on the same paced stream, and with "
+                        "--callgrind their instructions per datagram (see bench_readers.py "
+                        "--help)")
     # workers run tools/bench_worker.py; bench.py --worker SPEC does the same
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     return p
@@ -156,10 +169,17 @@ def wants_sockets(argv):
     return any(arg == "--sockets" or arg.startswith("--sockets=") for arg in argv)
 
 
+def wants_readers(argv):
+    """Does *argv* ask for the capture readers' benchmark (--readers, spelt out)?"""
+    return any(arg == "--readers" or arg.startswith("--readers=") for arg in argv)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if wants_sockets(argv):
         return bench_sockets.main(argv)
+    if wants_readers(argv):
+        return bench_readers.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.worker:
@@ -167,6 +187,9 @@ def main(argv=None):
     if args.sockets is not None:        # an abbreviation: the options are bench_sockets'
         parser.error("spell out --sockets: bench.py then hands every argument to "
                      "tools/bench_sockets.py")
+    if args.readers is not None:        # an abbreviation: the options are bench_readers'
+        parser.error("spell out --readers: bench.py then hands every argument to "
+                     "tools/bench_readers.py")
     if args.quick:
         args.count = min(args.count, 5000)
         args.frag_count = min(args.frag_count, 300)

@@ -166,6 +166,7 @@ struct source {
     pcap_t *pcap;
     int fd;
     int egress_multicast;        /* loopback: outgoing multicast on another interface */
+    unsigned ring_drops;         /* ps_drop of the real capture, last seen */
     char ifname[IF_NAMESIZE];
 };
 
@@ -318,6 +319,20 @@ static void detach(struct npf_open *o)
     pthread_mutex_unlock(&o->lock);
 }
 
+/* Frames the real Linux capture under this instance dropped never reach the emulated driver;
+ * NDIS would have handed them to NPF, whose buffer is the one that overflows on Windows.  They
+ * are counted as the driver's drops, so that a lost frame is never silent. */
+static void count_ring_drops(struct npf_open *o, struct source *s)
+{
+    struct pcap_stat st;
+    if (npf_real()->stats(s->pcap, &st) != 0 || st.ps_drop == s->ring_drops)
+        return;
+    pthread_mutex_lock(&o->lock);
+    o->dropped += st.ps_drop - s->ring_drops;
+    pthread_mutex_unlock(&o->lock);
+    s->ring_drops = st.ps_drop;
+}
+
 static void *reader(void *arg)
 {
     struct npf_open *o = arg;
@@ -346,6 +361,7 @@ static void *reader(void *arg)
             if (ready > 0 && fds[k].revents) {
                 int rc = npf_real()->dispatch(s->pcap, -1, on_frame, (u_char *)&ctx[index[k]]);
                 gone |= rc < 0 && rc != PCAP_ERROR_BREAK;
+                count_ring_drops(o, s);
             }
             if (gone) {
                 alive[index[k]] = 0;
@@ -354,6 +370,18 @@ static void *reader(void *arg)
             }
         }
     }
+}
+
+static int interface_mtu(const char *ifname)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int ok = fd >= 0 && ioctl(fd, SIOCGIFMTU, &ifr) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok ? ifr.ifr_mtu : -1;
 }
 
 static int add_source(struct npf_open *o, const char *ifname, int egress_multicast)
@@ -365,9 +393,14 @@ static int add_source(struct npf_open *o, const char *ifname, int egress_multica
     pcap_t *p = r->create(ifname, errbuf);
     if (p == NULL)
         return 0;
-    r->set_snaplen(p, 65536 + 64);
+    /* Immediate mode cuts the ring into slots sized from the snaplen (up to 64 KiB on a veth
+     * with offloads), so a 65,600-byte snaplen on a 1,500-byte link left 32 slots, and a
+     * few milliseconds' stall of this thread lost frames that Windows would have kept: the
+     * snaplen follows the interface's MTU except on lo (65,536). */
+    int mtu = interface_mtu(ifname);
+    r->set_snaplen(p, strcmp(ifname, "lo") == 0 || mtu <= 0 ? 65536 + 64 : mtu + 64);
     r->set_immediate_mode(p, 1);
-    r->set_buffer_size(p, 4 << 20);
+    r->set_buffer_size(p, 8 << 20);
     if (r->activate(p) < 0) {
         r->close(p);
         return 0;
