@@ -8,6 +8,15 @@ the tests compare the parser with a second implementation:
   every field overridable to build hostile packets;
 * :func:`udp` -- a UDP segment with a correct (or given, or zero) checksum;
 * :func:`fragment_ip` -- split a UDP segment into IPv4 fragments;
+* IPv6 (RFC 8200): :func:`ipv6` -- a base header (+ payload), every field overridable;
+  :func:`udp6` -- a UDP segment with a correct (or given, or zero) checksum over the IPv6
+  pseudo-header (:func:`udp6_checksum`, RFC 8200 8.1, with the same 16-bit loop);
+  extension headers :func:`hop_by_hop`, :func:`dest_options`, :func:`routing`,
+  :func:`fragment_header`, :func:`ext_header` (any type, any Hdr Ext Len), :func:`chain` (a
+  list of them linked by their Next Header fields), :func:`ipv6_udp` (an IPv6 UDP datagram
+  behind a chain), :func:`fragment_ipv6` -- split a datagram into IPv6 fragments with
+  unfragmentable and fragmentable extension headers; :func:`wrap6` -- an IPv6 packet in a
+  frame of any link type (Ethernet 0x86DD, DLT_NULL/DLT_LOOP family 24, cooked 0x86DD, raw);
 * link layers: :func:`ethernet` (with 802.1Q/802.1ad tags and padding), :func:`sll`,
   :func:`sll2`, :func:`null` (DLT_NULL, either byte order), :func:`loop` (DLT_LOOP),
   :func:`raw`, and :data:`LINK_WRAPPERS` by link type;
@@ -18,7 +27,7 @@ the tests compare the parser with a second implementation:
 * :func:`record_frames`, :func:`batch_frames` -- the frames of savefile-format records, as the
   capture's batch readers and ``pending_records`` lay them out.
 
-Addresses are ints or dotted-quad strings.
+Addresses are ints or dotted-quad strings (IPv6: ints of 128 bits or text as ``"2001:db8::1"``).
 """
 
 import socket
@@ -145,6 +154,200 @@ def fragment_ip(segment, src, dst, ident, size=1480, proto=17, options=b""):
     return out
 
 
+# -- IPv6 (RFC 8200) --------------------------------------------------------------------------
+
+# Next Header values (IANA protocol numbers)
+NH_HOPOPTS = 0
+NH_TCP = 6
+NH_UDP = 17
+NH_ROUTING = 43
+NH_FRAGMENT = 44
+NH_ESP = 50
+NH_AH = 51
+NH_ICMPV6 = 58
+NH_NONE = 59
+NH_DSTOPTS = 60
+
+# DLT_NULL/DLT_LOOP address family values for IPv6: NetBSD/OpenBSD/BSD/OS and Npcap (24),
+# FreeBSD (28), Darwin (30) -- libpcap gencode.c BSD_AFNUM_INET6_*, Npcap DLTNULLTYPE_IPV6.
+BSD_AF_INET6 = (24, 28, 30)
+
+SRC6 = "2001:db8::1"
+DST6 = "2001:db8::2"
+
+
+def addr6(value):
+    """An IPv6 address (int or text) as a 128-bit int."""
+    if isinstance(value, int):
+        return value
+    return int.from_bytes(socket.inet_pton(socket.AF_INET6, value), "big")
+
+
+def addr6_bytes(value):
+    return addr6(value).to_bytes(16, "big")
+
+
+def udp6_checksum(src, dst, segment):
+    """The UDP checksum of *segment* (checksum field zero) over IPv6 (RFC 8200 8.1): the
+    pseudo-header is source, destination, the 32-bit upper-layer packet length, three zero
+    bytes and next header 17; a computed 0 is sent as 0xFFFF."""
+    pseudo = (addr6_bytes(src) + addr6_bytes(dst)
+              + struct.pack("!I3xB", len(segment), 17))
+    value = checksum16(pseudo + bytes(segment))
+    return value or 0xFFFF
+
+
+def udp6(payload, sport=40000, dport=5000, src=SRC6, dst=DST6, checksum=True, length=None):
+    """A UDP segment for IPv6.  ``checksum``: True = correct, False/0 = zero, int = that value.
+
+    ``length`` overrides the UDP length field; the checksum then covers the real bytes with that
+    field and a pseudo-header length of ``len(segment)``, so only the field lies.
+    """
+    payload = bytes(payload)
+    ulen = 8 + len(payload) if length is None else length
+    segment = struct.pack("!HHHH", sport, dport, ulen & 0xFFFF, 0) + payload
+    if checksum is True:
+        value = udp6_checksum(src, dst, segment)
+    else:
+        value = int(checksum or 0)
+    return segment[:6] + struct.pack("!H", value) + segment[8:]
+
+
+def ipv6(payload, src=SRC6, dst=DST6, next_header=NH_UDP, payload_length=None, version=6,
+         traffic_class=0, flow=0, hop_limit=64):
+    """An IPv6 packet: the 40-byte header (RFC 8200 3) then *payload* (extension headers and
+    the upper layer).  ``payload_length`` overrides the field."""
+    if payload_length is None:
+        payload_length = len(payload)
+    word = ((version & 0xF) << 28) | ((traffic_class & 0xFF) << 20) | (flow & 0xFFFFF)
+    return struct.pack("!IHBB16s16s", word, payload_length & 0xFFFF, next_header & 0xFF,
+                       hop_limit, addr6_bytes(src), addr6_bytes(dst)) + bytes(payload)
+
+
+def ext_header(next_header, body=b"", hdr_ext_len=None):
+    """A generic extension header (RFC 8200 4: Next Header, Hdr Ext Len in 8-octet units not
+    counting the first 8, then the body); *body* (the bytes after the first two) is padded with
+    zeros to a multiple of 8 in all.  ``hdr_ext_len`` overrides the field (so it can lie)."""
+    body = bytes(body)
+    size = 2 + len(body)
+    if size < 8 or size % 8:
+        body += b"\0" * ((-size % 8) if size >= 8 else 8 - size)
+    if hdr_ext_len is None:
+        hdr_ext_len = (2 + len(body)) // 8 - 1
+    return struct.pack("!BB", next_header, hdr_ext_len & 0xFF) + body
+
+
+def _options(options, size):
+    """TLV options padded with Pad1/PadN (RFC 8200 4.2) so the header is *size* bytes (or the
+    least multiple of 8 that holds them)."""
+    options = bytes(options)
+    if size is None:
+        size = max(8, -(-(2 + len(options)) // 8) * 8)
+    pad = size - 2 - len(options)
+    if pad < 0 or size % 8:
+        raise ValueError("options do not fit in %d bytes" % size)
+    while pad:
+        if pad == 1:
+            options += b"\0"                                   # Pad1
+            break
+        chunk = min(pad, 257) if pad - min(pad, 257) != 1 else 256
+        options += bytes([1, chunk - 2]) + b"\0" * (chunk - 2)   # PadN
+        pad -= chunk
+    return options
+
+
+def hop_by_hop(next_header, options=b"", size=None):
+    """A Hop-by-Hop Options header (type 0) of *size* bytes (a multiple of 8)."""
+    return ext_header(next_header, _options(options, size))
+
+
+def dest_options(next_header, options=b"", size=None):
+    """A Destination Options header (type 60) of *size* bytes (a multiple of 8)."""
+    return ext_header(next_header, _options(options, size))
+
+
+def routing(next_header, segments_left=0, routing_type=4, data=None, size=None):
+    """A Routing header (type 43, RFC 8200 4.4): Routing Type, Segments Left, then
+    type-specific data (default: 4 reserved bytes and ``(size - 8) // 16`` addresses)."""
+    size = 24 if size is None else size
+    if data is None:
+        data = bytes(4) + bytes(range(size - 8))
+    return ext_header(next_header, struct.pack("!BB", routing_type, segments_left) + data)
+
+
+def fragment_header(next_header, offset_bytes=0, more=False, ident=0x12345678, reserved=0,
+                    res_bits=0):
+    """A Fragment header (type 44, RFC 8200 4.5): Next Header, Reserved, Fragment Offset (13
+    bits, 8-octet units), Res (2 bits), M, Identification (32 bits)."""
+    if offset_bytes % 8:
+        raise ValueError("fragment offset must be a multiple of 8")
+    field = ((offset_bytes >> 3) << 3) | ((res_bits & 3) << 1) | (1 if more else 0)
+    return struct.pack("!BBHI", next_header, reserved, field & 0xFFFF, ident & 0xFFFFFFFF)
+
+
+# kind -> (Next Header value, builder(next_header, **kw))
+EXTENSIONS = {
+    "hop": (NH_HOPOPTS, hop_by_hop),
+    "dst": (NH_DSTOPTS, dest_options),
+    "rt": (NH_ROUTING, routing),
+    "atomic": (NH_FRAGMENT, lambda nh, **kw: fragment_header(nh, 0, False, **kw)),
+    "frag": (NH_FRAGMENT, fragment_header),
+}
+
+
+def chain(headers, upper=NH_UDP):
+    """Extension headers linked in order: *headers* are kinds of :data:`EXTENSIONS` or
+    ``(kind, kwargs)`` / ``(next_header_value, bytes_builder)`` pairs.  Returns ``(first next
+    header, bytes)``; the last header names *upper*."""
+    specs = []
+    for item in headers:
+        kind, kwargs = (item, {}) if isinstance(item, str) else item
+        if isinstance(kind, str):
+            value, build = EXTENSIONS[kind]
+            specs.append((value, lambda nh, b=build, k=kwargs: b(nh, **k)))
+        else:
+            specs.append((kind, kwargs))          # (value, callable(next_header) -> bytes)
+    out = b""
+    following = upper
+    for value, build in reversed(specs):
+        out = build(following) + out
+        following = value
+    return following, out
+
+
+def ipv6_udp(payload=b"hello", sport=40000, dport=5000, src=SRC6, dst=DST6, headers=(),
+             udp_checksum=True, length=None, **ip):
+    """An IPv6 packet carrying a UDP datagram behind the extension headers *headers*."""
+    first, ext = chain(headers)
+    segment = udp6(payload, sport, dport, src, dst, checksum=udp_checksum, length=length)
+    return ipv6(ext + segment, src, dst, next_header=first, **ip)
+
+
+def fragment_ipv6(segment, src=SRC6, dst=DST6, ident=0x12345678, size=1232, unfragmentable=(),
+                  fragmentable=(), upper=NH_UDP):
+    """IPv6 fragments (RFC 8200 4.5) of *segment* (the upper-layer packet, e.g. a UDP segment).
+
+    The original packet's unfragmentable part is the base header plus *unfragmentable*
+    extension headers (kinds as for :func:`chain`, hop-by-hop and routing); its fragmentable
+    part the *fragmentable* extension headers (destination options) then *segment*.  Each
+    fragment carries the unfragmentable part, a Fragment header whose Next Header is the first
+    header of the fragmentable part, and *size* bytes of it (a multiple of 8; the last may be
+    shorter).  Returns ``[(offset_bytes, more_fragments, packet)]``.
+    """
+    if size % 8 or size <= 0:
+        raise ValueError("fragment size must be a positive multiple of 8")
+    first, ext = chain(fragmentable, upper)
+    body = ext + bytes(segment)
+    out = []
+    for offset in range(0, len(body), size):
+        more = offset + size < len(body)
+        head_nh, head = chain(list(unfragmentable) + [
+            (NH_FRAGMENT, lambda nh, o=offset, m=more: fragment_header(nh, o, m, ident))], first)
+        out.append((offset, more, ipv6(head + body[offset:offset + size], src, dst,
+                                       next_header=head_nh)))
+    return out
+
+
 # -- link layers -------------------------------------------------------------------------------
 
 def ethernet(packet, src_mac=MAC_A, dst_mac=MAC_B, vlans=(), ethertype=ETH_IPV4, pad_to=60,
@@ -207,6 +410,25 @@ LINK_WRAPPERS = {
 def wrap(linktype, packet, **kwargs):
     """*packet* in an ordinary frame of *linktype*."""
     return LINK_WRAPPERS[linktype][0](packet, **kwargs)
+
+
+# link type -> wrapper(packet) for an ordinary IPv6 frame (DLT_NULL: Npcap's 24, host order;
+# DLT_LOOP: 24 in network order, as OpenBSD writes it); DLT_IPV4 carries no IPv6
+LINK_WRAPPERS6 = {
+    DLT_EN10MB: lambda packet, **kw: ethernet(packet, ethertype=ETH_IPV6, **kw),
+    DLT_LINUX_SLL: lambda packet, **kw: sll(packet, protocol=ETH_IPV6, **kw),
+    DLT_LINUX_SLL2: lambda packet, **kw: sll2(packet, protocol=ETH_IPV6, **kw),
+    DLT_NULL: lambda packet, **kw: null(packet, **dict({"family": 24}, **kw)),
+    DLT_LOOP: lambda packet, **kw: loop(packet, **dict({"family": 24}, **kw)),
+    DLT_RAW: raw,
+    DLT_RAW_BSD: raw,
+    LINKTYPE_RAW: raw,
+}
+
+
+def wrap6(linktype, packet, **kwargs):
+    """IPv6 *packet* in an ordinary frame of *linktype*."""
+    return LINK_WRAPPERS6[linktype](packet, **kwargs)
 
 
 # -- savefiles ---------------------------------------------------------------------------------

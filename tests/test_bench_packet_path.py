@@ -1,5 +1,6 @@
-"""tools/bench_packet_path.py runs and reports every figure; its foreign-fragment rows show
-what passing first fragments buys (no network: frames are built in memory)."""
+"""tools/bench_packet_path.py runs and reports every figure (IPv4 and IPv6 parse rows, the
+batch walker's rows); its foreign-fragment rows show what passing first fragments buys (no
+network: frames are built in memory)."""
 
 import json
 import os
@@ -18,6 +19,17 @@ def test_json_has_every_figure_and_foreign_fragments_cost_no_memory():
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert len(report["parse_ns"]) == 12 and all(v > 0 for v in report["parse_ns"].values())
+    # IPv6: the common frame (32/1400 bytes, checksum off/on), extension headers, a fragment,
+    # per link; the walker per link for IPv4, IPv6, IPv6 with extension headers, fragments.
+    links = ("ethernet", "sll2", "null")
+    assert set(report["parse6_ns"]) == {
+        "%s/%s" % (link, row) for link in links for row in (
+            "udp/32/no-verify", "udp/32/verify", "udp/1400/no-verify", "udp/1400/verify",
+            "extensions/32/no-verify", "fragment/0/no-verify")}
+    assert set(report["walk_ns"]) == {"%s/%s" % (link, kind) for link in links
+                                      for kind in ("ipv4", "udp", "extensions", "fragment")}
+    assert all(v > 0 for v in list(report["parse6_ns"].values())
+               + list(report["walk_ns"].values()))
     assert set(report["reassembly"]) == {"in-order", "shuffled"}
     seen = report["foreign"]["first fragment seen"]
     filtered = report["foreign"]["first filtered out"]

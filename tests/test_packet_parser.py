@@ -549,7 +549,8 @@ def test_parse_udp_reassembled_segment():
 
 def test_every_parser_reason_is_reachable_and_named():
     owned = {"link_truncated", "link_not_ipv4", "ip_truncated", "ip_version", "ip_header_length",
-             "ip_total_length", "ip_checksum", "udp_truncated", "udp_length", "udp_checksum"}
+             "ip_total_length", "ip_checksum", "udp_truncated", "udp_length", "udp_checksum",
+             "ip6_header_chain", "ip6_first_fragment", "ip6_jumbogram"}
     assert owned <= set(MALFORMED_REASONS)
     # The remaining reasons belong to the reassembler, and to the batch walker (a capture
     # record whose header lies: tests/test_packet_npf_records.py).

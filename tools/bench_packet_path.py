@@ -8,6 +8,14 @@ No capture, no native code, no network: frames are built in memory (stdlib only)
   (SLL2) and DLT_NULL with 32- and 1400-byte payloads, with UDP checksum verification off and
   on; the difference of the two 1400-byte runs gives the checksum cost in ns per byte.  Each
   figure includes the Python loop around the calls (``loop`` shows that overhead alone).
+* parse6 -- the same for IPv6 (``make_link_parser(linktype, ipv6=True)`` + ``parse_ipv6``): the
+  common frame (UDP right after the 40-byte header), with 32- and 1400-byte payloads, checksum
+  off and on; a frame with extension headers (hop-by-hop, destination options, routing) and a
+  middle fragment (1232 bytes), checksum off.
+* walk -- the batch walker (``make_batch_parser``) over a batch of 1000 identical savefile
+  records, in ns per frame, per link type: IPv4 (the fast path), IPv6 (its fast path), IPv6
+  with extension headers (the general path) and IPv6 fragments (the fast path); what the
+  receiver really pays per frame, the loop included.
 * reassembly -- 64 KiB datagrams (65507-byte UDP payload = 45 fragments of 1480 bytes) fed to a
   :class:`Reassembler`, fragments in order and shuffled: MB/s of datagram payload delivered
   (1 MB = 10**6 bytes), and microseconds per fragment.
@@ -43,8 +51,13 @@ from udpcap_ctypes._stats import Statistics  # noqa: E402
 
 SRC = bytes([198, 18, 0, 1])
 DST = bytes([198, 18, 0, 2])
+SRC6 = bytes.fromhex("20010db8000000000000000000000001")
+DST6 = bytes.fromhex("20010db8000000000000000000000002")
 FRAGMENT_SIZE = 1480
+FRAGMENT_SIZE6 = 1232
 BIG_PAYLOAD = 65507
+PORT = 5000
+WALK_BATCH = 1000
 
 
 # -- frame crafting (independent of the parser) -------------------------------------------------
@@ -80,6 +93,51 @@ LINKS = {
     "null": (_pcap.DLT_NULL, lambda ip: (2).to_bytes(4, sys.byteorder) + ip),
 }
 
+# IPv6 (RFC 8200) frames: Ethernet type 0x86DD, SLL2 protocol 0x86DD, DLT_NULL family 24
+# (Npcap's loopback, host order).
+LINKS6 = {
+    "ethernet": lambda ip: bytes.fromhex("020000000002020000000001") + b"\x86\xdd" + ip,
+    "sll2": lambda ip: struct.pack("!HHIHBB8s", 0x86DD, 0, 2, 1, 0, 6, b"\x02" * 6) + ip,
+    "null": lambda ip: (24).to_bytes(4, sys.byteorder) + ip,
+}
+
+
+def _ipv6(payload, next_header=17):
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, 64, SRC6,
+                       DST6) + payload
+
+
+def _udp6(payload, sport=40000, dport=PORT):
+    segment = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    pseudo = SRC6 + DST6 + struct.pack("!I3xB", len(segment), 17)
+    value = _checksum(pseudo + segment) or 0xFFFF
+    return segment[:6] + struct.pack("!H", value) + segment[8:]
+
+
+def _extensions6(upper):
+    """Hop-by-hop (8 bytes, PadN), destination options (16), routing (24, type 4, no segment
+    left) in front of *upper* (UDP): (first next header, bytes)."""
+    hop = struct.pack("!BBBB4x", 60, 0, 1, 4)
+    dst = struct.pack("!BBBB12x", 43, 1, 1, 12)
+    routing = struct.pack("!BBBB4x16x", 17, 2, 4, 0)
+    return 0, hop + dst + routing + upper
+
+
+def _fragment6(data, offset, more, ident=7):
+    return _ipv6(struct.pack("!BBHI", 17, 0, offset | (1 if more else 0), ident) + data, 44)
+
+
+# kind -> f(payload size) -> an IPv6 packet
+KINDS6 = {
+    "udp": lambda size: _ipv6(_udp6(_payload(size))),
+    "extensions": lambda size: _ipv6(*reversed(_extensions6(_udp6(_payload(size))))),
+    "fragment": lambda size: _fragment6(_payload(FRAGMENT_SIZE6), FRAGMENT_SIZE6, True),
+}
+
+
+def _payload(size):
+    return bytes(random.Random(size).getrandbits(8) for _ in range(size))
+
 
 # -- measurements -------------------------------------------------------------------------------
 
@@ -113,6 +171,57 @@ def bench_parse(link, size, verify, repeat, count):
         for _ in range(n):
             parse_ipv4(buf, parse_link(buf, start, end, stats), end, stats, verify)
     return _median_ns(run, repeat, count)
+
+
+def bench_parse6(link, kind, size, verify, repeat, count):
+    """link (ipv6=True) + parse_ipv6 of one IPv6 frame of *kind* (see KINDS6)."""
+    linktype = LINKS[link][0]
+    frame = LINKS6[link](KINDS6[kind](size))
+    buf = memoryview(bytearray(16) + frame + bytearray(64))
+    start, end = 16, 16 + len(frame)
+    stats = Statistics()
+    parse_link = _packet.make_link_parser(linktype, ipv6=True)
+    parse_ipv6 = _packet.parse_ipv6
+    result = parse_ipv6(buf, parse_link(buf, start, end, stats), end, stats, verify)
+    expected = _packet.FRAGMENT6 if kind == "fragment" else _packet.UDP
+    if result is None or result[0] != expected:
+        raise SystemExit("bench IPv6 frame did not parse (%s, %s): %r" % (link, kind, stats))
+
+    def run(n):
+        for _ in range(n):
+            parse_ipv6(buf, parse_link(buf, start, end, stats), end, stats, verify)
+    return _median_ns(run, repeat, count)
+
+
+def walk_frame(link, kind):
+    """One frame of *kind* for the walker rows: ``"ipv4"`` (a 32-byte datagram) or an IPv6
+    kind of KINDS6."""
+    if kind == "ipv4":
+        return LINKS[link][1](_ipv4(_udp(_payload(32))))
+    return LINKS6[link](KINDS6[kind](32))
+
+
+def bench_walk(link, kind, repeat, count):
+    """The batch walker over WALK_BATCH savefile records of one frame: ns per frame."""
+    linktype = LINKS[link][0]
+    frame = walk_frame(link, kind)
+    record = struct.pack("=IIII", 1700000000, 0, len(frame), len(frame)) + frame
+    view = memoryview(bytearray(record * WALK_BATCH))
+    end = len(view)
+    parse = _packet.make_batch_parser(linktype)
+    ports = frozenset({PORT, PORT | getattr(_packet, "PORT6", 0)})
+    stats = Statistics()
+    datagrams = []
+    parse(view, 0, end, ports, stats, False, datagrams)
+    if len(datagrams) != WALK_BATCH:
+        raise SystemExit("bench batch did not walk (%s, %s): %r" % (link, kind, stats))
+    batches = max(1, count // WALK_BATCH)
+
+    def run(n):
+        for _ in range(batches):
+            datagrams.clear()
+            parse(view, 0, end, ports, stats, False, datagrams)
+    return _median_ns(run, repeat, batches) / WALK_BATCH
 
 
 def bench_loop(repeat, count):
@@ -192,6 +301,12 @@ def bench_foreign(first_seen, repeat, datagrams):
     return statistics.median(per_fragment), reassembler.pending_bytes, stats.reassembly_evictions
 
 
+# (kind, payload size, verify) of the parse6 rows
+PARSE6_ROWS = [("udp", 32, False), ("udp", 32, True), ("udp", 1400, False),
+               ("udp", 1400, True), ("extensions", 32, False), ("fragment", 0, False)]
+WALK_KINDS = ("ipv4", "udp", "extensions", "fragment")
+
+
 def run_all(repeat, count, datagrams):
     results = {"python": platform.python_version(), "implementation":
                platform.python_implementation(), "machine": platform.machine(),
@@ -210,6 +325,17 @@ def run_all(repeat, count, datagrams):
         off = results["parse_ns"]["%s/1400/no-verify" % link]
         per_byte[link] = round((on - off) / (1400 + 8), 3)
     results["udp_checksum_ns_per_byte"] = per_byte
+    results["parse6_ns"] = {}
+    for link in LINKS:
+        for kind, size, verify in PARSE6_ROWS:
+            key = "%s/%s/%d/%s" % (link, kind, size, "verify" if verify else "no-verify")
+            results["parse6_ns"][key] = round(bench_parse6(link, kind, size, verify, repeat,
+                                                           count), 1)
+    results["walk_ns"] = {}
+    for link in LINKS:
+        for kind in WALK_KINDS:
+            results["walk_ns"]["%s/%s" % (link, kind)] = round(
+                bench_walk(link, kind, repeat, count), 1)
     for shuffled in (False, True):
         rate, us, frags = bench_reassembly(shuffled, repeat, datagrams)
         results["reassembly"]["shuffled" if shuffled else "in-order"] = {
@@ -237,6 +363,23 @@ def print_table(results):
                 results["parse_ns"]["%s/%d/verify" % (link, size)]))
     print("  UDP checksum verification: %s ns per byte" % ", ".join(
         "%s %.3f" % item for item in results["udp_checksum_ns_per_byte"].items()))
+    print("\nparse6: link + IPv6 + UDP, ns per frame (extensions: hop-by-hop, destination "
+          "options, routing; fragment: a %d-byte middle fragment)" % FRAGMENT_SIZE6)
+    print("  %-10s %-11s %8s %12s %12s" % ("link", "frame", "payload", "no verify", "verify"))
+    for link in LINKS:
+        for kind, size in (("udp", 32), ("udp", 1400), ("extensions", 32), ("fragment", 0)):
+            row = results["parse6_ns"]
+            verify = row.get("%s/%s/%d/verify" % (link, kind, size))
+            print("  %-10s %-11s %7s %12.0f %12s" % (
+                link, kind, "%dB" % size if size else "-",
+                row["%s/%s/%d/no-verify" % (link, kind, size)],
+                "%.0f" % verify if verify is not None else "-"))
+    print("\nwalk: the batch walker over %d identical records, ns per frame (32-byte payloads)"
+          % WALK_BATCH)
+    print("  %-10s %10s %10s %12s %10s" % ("link", "IPv4", "IPv6", "IPv6 ext", "IPv6 frag"))
+    for link in LINKS:
+        print("  %-10s %10.0f %10.0f %12.0f %10.0f" % ((link,) + tuple(
+            results["walk_ns"]["%s/%s" % (link, kind)] for kind in WALK_KINDS)))
     print("\nreassembly: %d-byte datagrams, %d-byte fragments"
           % (BIG_PAYLOAD, FRAGMENT_SIZE))
     for name, row in results["reassembly"].items():
@@ -250,10 +393,11 @@ def print_table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description="Measure the pure-Python packet path: parse cost per frame (Ethernet, "
-                    "SLL2, DLT_NULL; 32/1400-byte payloads; UDP checksum off/on) and IPv4 "
-                    "reassembly throughput for 64 KiB datagrams (in order and shuffled), "
-                    "and the cost of fragments for a port nobody receives.")
+        description="Measure the pure-Python packet path: parse cost per frame, IPv4 and "
+                    "IPv6 (Ethernet, SLL2, DLT_NULL; 32/1400-byte payloads; UDP checksum "
+                    "off/on; IPv6 extension headers and fragments), the batch walker's cost "
+                    "per frame, IPv4 reassembly throughput for 64 KiB datagrams (in order "
+                    "and shuffled), and the cost of fragments for a port nobody receives.")
     parser.add_argument("--repeat", type=int, default=5,
                         help="timed runs per figure; the median is reported (default 5)")
     parser.add_argument("--frames", type=int, default=100000,

@@ -1,39 +1,71 @@
-"""IPv4 fragment reassembly in pure Python (RFC 791, RFC 815 bookkeeping, Linux-like policy).
+"""IP fragment reassembly in pure Python: IPv4 (RFC 791, RFC 815 bookkeeping) and IPv6 (RFC 8200
+section 4.5, RFC 5722), with a Linux-like policy.
 
-One :class:`Reassembler` per receiving socket.  Fragments are keyed by ``(src, dst, ident)``
-(the protocol is always UDP here).  Each incomplete datagram keeps its fragments as copied
-``bytes`` pieces in a list sorted by offset; because overlapping pieces are never kept, the
-datagram is complete exactly when the last fragment is known and the pieces add up to its end,
-and delivery is one ``b"".join``.  The in-order case is an append, out-of-order arrival a
-``bisect``: no byte is copied more than twice.
+One :class:`Reassembler` per shared capture serves both families: its caps, ages, eviction
+order and tombstones apply to IPv4 and IPv6 datagrams together.  Fragments are keyed by
+``(src, dst, ident)`` (the protocol is always UDP here); IPv6 callers tag the source
+(``src6 | _packet.V6_TAG``, bit 128) so that an IPv6 key never equals an IPv4 one, and use the
+32-bit identification.  Each incomplete datagram keeps its fragments as copied ``bytes`` pieces
+in a list sorted by offset; because overlapping pieces are never kept, the datagram is complete
+exactly when the last fragment is known and the pieces add up to its end, and delivery is one
+``b"".join``.  The in-order case is an append, out-of-order arrival a ``bisect``: no byte is
+copied more than twice.  *payload* is what follows the IP header (IPv4) or the fragment header
+(IPv6: the fragmentable part); offsets are in bytes.
 
 Policy (what Linux does since 4.19 unless noted):
 
-* A fragment whose bytes already lie entirely inside what is held, with identical bytes, is a
-  harmless duplicate and ignored.  A fragment that entirely covers every held piece it touches,
-  with identical bytes where they meet, replaces those pieces (more tolerant than Linux, which
-  drops such a datagram).  Any other overlap drops the whole datagram ("fragment_overlap").
-* ``offset + length > 65515`` drops the datagram ("fragment_offset").
+* IPv4 (``strict=False``): a fragment whose bytes already lie entirely inside what is held,
+  with identical bytes, is a harmless duplicate and ignored.  A fragment that entirely covers
+  every held piece it touches, with identical bytes where they meet, replaces those pieces
+  (more tolerant than Linux, which drops such a datagram).  Any other overlap drops the whole
+  datagram ("fragment_overlap").
+* IPv6 (``strict=True``, RFC 5722 and RFC 8200 4.5): any overlap with held data drops the whole
+  datagram ("fragment_overlap"), except an exact duplicate of a held fragment -- same offset,
+  same length, same bytes, and not claiming to be the last when the held one did not -- which
+  is ignored, as RFC 8200 allows ("an implementation may choose to detect this case and drop
+  exact duplicate fragments while keeping the other fragments").  Linux is more lenient: its
+  ``inet_frag_queue_insert`` (net/ipv4/inet_fragment.c) calls any fragment lying inside one run
+  of contiguous held data a duplicate (IPFRAG_DUP) without comparing bytes, and
+  ``ip6_frag_queue`` (net/ipv6/reassembly.c) drops just that fragment; every other overlap is
+  IPFRAG_OVERLAP, counted as IPSTATS_MIB_REASM_OVERLAPS, and the whole queue is killed.
+* ``offset + length > max_payload`` drops the datagram ("fragment_offset"): IPv4 65515 (total
+  length 65535 minus the 20-byte header, the default), IPv6 65535 (:data:`MAX_PAYLOAD6`, the
+  fragmentable part, as Linux's ``end > IPV6_MAXPLEN``; Linux drops that fragment alone, with
+  an ICMPv6 parameter problem).
 * A non-final fragment (MF set) that is empty or not a multiple of 8 long drops the datagram
-  ("fragment_alignment"; Linux trims such a fragment instead).
+  ("fragment_alignment"; Linux trims such an IPv4 fragment, and drops such an IPv6 fragment
+  alone with an ICMPv6 parameter problem).
 * Two final fragments that disagree on the end, or data beyond a known end, drop the datagram
   ("fragment_conflict").
 * A dropped datagram leaves a tombstone: later fragments of the same key are ignored until the
-  datagram would have aged out, so the rest of a broken datagram cannot start a new one.
-* When ``wanted(udp_header)`` says no for the first fragment, everything held for the datagram
+  datagram would have aged out, so the rest of a broken datagram cannot start a new one
+  (Linux forgets a killed queue at once; a later fragment starts a new one).
+* The first fragment (offset 0) is asked about once: ``wanted(udp_header)`` gets the 8-byte UDP
+  header, which starts *header_offset* bytes into that fragment's payload (IPv4: 0; IPv6: after
+  the extension headers that follow the fragment header, which RFC 7112 requires the first
+  fragment to hold; the caller finds them).  When it says no, everything held for the datagram
   is let go and its later fragments are ignored the same way (counted in
-  ``stats.fragments_unwanted``).
-* A datagram lives at most ``max_age`` seconds from its first fragment, so a wrapped 16-bit
-  identification never glues a new datagram to stale pieces.
-* At most ``max_datagrams`` datagrams and ``max_bytes`` held bytes.  Held bytes are what is
-  really kept: payload plus :data:`FRAGMENT_OVERHEAD` per kept fragment, so floods of tiny
-  fragments are paid for.  When a limit would be exceeded, expired datagrams go first, then the
-  oldest others (``stats.reassembly_evictions``); the datagram receiving the fragment is evicted
-  only when it alone cannot fit.
+  ``stats.fragments_unwanted``).  A negative *header_offset*, or one that leaves no 8 bytes in
+  the fragment, means the first fragment holds no UDP header: the datagram is let go the same
+  way.  ``add(..., wanted=f)`` asks *f* instead of the constructor's callable (a capture shared
+  by IPv4 and IPv6 asks a different question per family).
+* The first fragment's *tag* (IPv6: the Next Header of its fragment header; RFC 8200 4.5: the
+  Next Header values of later fragments may differ, only the offset-zero one counts) is kept
+  with the datagram: when :meth:`Reassembler.add` returns a datagram, :attr:`completed_tag` is
+  that tag.
+* A datagram lives at most ``max_age`` seconds from its first fragment, so a wrapped
+  identification never glues a new datagram to stale pieces.  (Linux: 30 s for IPv4, 60 s for
+  IPv6; here one age for both, the socket's reassembly_timeout.)
+* At most ``max_datagrams`` datagrams and ``max_bytes`` held bytes, both families together.
+  Held bytes are what is really kept: payload plus :data:`FRAGMENT_OVERHEAD` per kept fragment,
+  so floods of tiny fragments are paid for.  When a limit would be exceeded, expired datagrams
+  go first, then the oldest others of either family (``stats.reassembly_evictions``); the
+  datagram receiving the fragment is evicted only when it alone cannot fit.
 * A datagram is delivered once, whole, or not at all.
 
-A packet that is not a fragment (offset 0, MF clear) never touches the reassembly state, as in
-Linux: :meth:`Reassembler.add` returns a copy of it at once.
+A packet that is not a fragment (offset 0, MF clear: an IPv6 atomic fragment, RFC 6946, is
+one) never touches the reassembly state, as in Linux: :meth:`Reassembler.add` returns a copy
+of it at once.  (The IPv6 parser handles atomic fragments itself and never offers them.)
 """
 
 from __future__ import annotations
@@ -52,6 +84,11 @@ Key = Tuple[int, int, int]
 
 # Largest IPv4 payload: total length 65535 minus the minimal 20-byte header.
 MAX_PAYLOAD = 65535 - 20
+# Largest end (offset + length) of an IPv6 fragment's fragmentable part: the payload length
+# field's 65535 (Linux: IPV6_MAXPLEN in ip6_frag_queue).  Jumbograms are never fragmented.
+MAX_PAYLOAD6 = 65535
+# The UDP header the first fragment must hold for wanted().
+UDP_HEADER = 8
 
 # Bytes accounted per kept fragment on top of its payload: roughly what CPython spends on the
 # ``bytes`` object header and the list slots that hold it and its offset.
@@ -62,7 +99,7 @@ class _Datagram:
     """One datagram being reassembled."""
 
     __slots__ = ("created", "starts", "pieces", "received", "held", "total", "checked",
-                 "count", "tail")
+                 "count", "tail", "tag")
 
     def __init__(self, created: float) -> None:
         self.created = created   # time of the first fragment
@@ -74,14 +111,18 @@ class _Datagram:
         self.checked = False     # wanted() has approved the first fragment
         self.count = 0           # fragments accepted (not counting duplicates)
         self.tail = 0            # end of the last piece (where an in-order fragment starts)
+        self.tag = 0             # the caller's tag of the first fragment (offset 0)
 
 
 class Reassembler:
-    """Reassemble IPv4 fragments of UDP datagrams, with bounded age, memory and count.
+    """Reassemble IPv4 and IPv6 fragments of UDP datagrams, with bounded age, memory and count.
 
     *stats* is a :class:`udpcap_ctypes._stats.Statistics`; *wanted* an optional
     ``callable(udp_header_memoryview) -> bool`` asked once per datagram, on its first fragment.
     """
+
+    # The tag of the first fragment of the datagram add() last returned (see add()).
+    completed_tag = 0
 
     def __init__(self, stats: Statistics, max_age: float = 30.0, max_bytes: int = 4 << 20,
                  max_datagrams: int = 1024,
@@ -118,9 +159,28 @@ class Reassembler:
         return len(self._pending)
 
     def add(self, src: int, dst: int, ident: int, offset: int, more_fragments: bool,
-            payload: Payload, now: float) -> Optional[bytes]:
-        """Offer one fragment; return the whole IP payload when it completes a datagram."""
+            payload: Payload, now: float, *, strict: bool = False,
+            max_payload: int = MAX_PAYLOAD, header_offset: int = 0,
+            wanted: Optional[Callable[[memoryview], bool]] = None,
+            tag: int = 0) -> Optional[bytes]:
+        """Offer one fragment; return the whole IP payload when it completes a datagram.
+
+        *payload* starts at byte *offset* of the datagram (IPv4: the data after the IP header;
+        IPv6: the fragmentable part after the fragment header).  Keyword arguments (defaults:
+        IPv4; see the module doc):
+
+        * *strict*: any overlap but an exact duplicate drops the datagram (IPv6, RFC 5722);
+        * *max_payload*: the largest ``offset + len(payload)`` (IPv6: :data:`MAX_PAYLOAD6`);
+        * *header_offset*: where the UDP header starts in the payload of the first fragment
+          (offset 0; ignored for the others), for wanted(); negative: there is none;
+        * *wanted*: asked instead of the constructor's ``wanted`` for this datagram's first
+          fragment;
+        * *tag*: an int kept from the first fragment (IPv6: its fragment header's Next
+          Header); when this call returns a datagram, :attr:`completed_tag` is its first
+          fragment's tag.
+        """
         if offset == 0 and not more_fragments:
+            self.completed_tag = tag
             return bytes(payload)            # not a fragment
         stats = self._stats
         stats.fragments += 1
@@ -140,7 +200,7 @@ class Reassembler:
             size = len(payload)
             end = offset + size
             cost = size + FRAGMENT_OVERHEAD
-            if (size and not size & 7 and end <= MAX_PAYLOAD
+            if (size and not size & 7 and end <= max_payload
                     and now - dg.created < self._max_age
                     and self._bytes + cost <= self._max_bytes):
                 dg.starts.append(offset)
@@ -171,13 +231,17 @@ class Reassembler:
             payload = payload.cast("B")
         size = len(payload)
         end = offset + size
-        if offset < 0 or offset & 7 or end > MAX_PAYLOAD:
+        if offset < 0 or offset & 7 or end > max_payload:
             return self._fail(key, dg, "fragment_offset", now)
         if more_fragments and (size == 0 or size & 7):
             return self._fail(key, dg, "fragment_alignment", now)
+        if wanted is None:
+            wanted = self._wanted
 
         if dg is None:
-            return self._first(key, offset, end, more_fragments, payload, now)
+            if offset == 0 and not self._approve(wanted, payload, header_offset):
+                return self._unwanted(key, None, now)
+            return self._first(key, offset, end, more_fragments, payload, now, tag)
 
         # Where does the end lie?
         total = dg.total
@@ -206,6 +270,18 @@ class Reassembler:
             count = len(starts)
             while hi < count and starts[hi] < end:
                 hi += 1
+            if lo != hi and strict:
+                # RFC 5722 / RFC 8200 4.5: only an exact duplicate of one held fragment is
+                # harmless.  A final one is exact only when the end is known (and, checked
+                # above, equal): a copy of a held non-final fragment that says "last" is not.
+                # (Linux, net/ipv4/inet_fragment.c inet_frag_queue_insert(): IPFRAG_DUP for
+                # anything inside one run of held data, bytes unchecked, else IPFRAG_OVERLAP;
+                # net/ipv6/reassembly.c ip6_frag_queue(), insert_error: drops a DUP alone and
+                # kills the queue on an OVERLAP.)
+                if (hi - lo == 1 and starts[lo] == offset and len(pieces[lo]) == size
+                        and (more_fragments or total >= 0) and payload == pieces[lo]):
+                    return None
+                return self._fail(key, dg, "fragment_overlap", now)
             if lo != hi:
                 verdict = self._overlap(starts, pieces, lo, hi, offset, end, payload)
                 if verdict is None:
@@ -214,8 +290,8 @@ class Reassembler:
                     return None
                 replace_lo, replace_hi, at = lo, hi, lo
 
-        if offset == 0 and not dg.checked and self._wanted is not None:
-            if not self._wanted(payload[:8]):
+        if offset == 0 and not dg.checked:
+            if not self._approve(wanted, payload, header_offset):
                 return self._unwanted(key, dg, now)
             dg.checked = True
 
@@ -252,6 +328,8 @@ class Reassembler:
         dg.held += cost
         dg.count += 1
         dg.tail = starts[-1] + len(pieces[-1])
+        if offset == 0:
+            dg.tag = tag
         self._bytes += need
         if not more_fragments:
             dg.total = end
@@ -292,10 +370,9 @@ class Reassembler:
     # _first, _fail and _unwanted always return None; they are typed Optional[bytes] because
     # add() returns what they return.
     def _first(self, key: Key, offset: int, end: int, more_fragments: bool, payload: memoryview,
-               now: float) -> Optional[bytes]:
-        """Start a new datagram with this (already validated) fragment."""
-        if offset == 0 and self._wanted is not None and not self._wanted(payload[:8]):
-            return self._unwanted(key, None, now)
+               now: float, tag: int) -> Optional[bytes]:
+        """Start a new datagram with this (already validated and, at offset 0, wanted)
+        fragment."""
         size = end - offset
         cost = size + FRAGMENT_OVERHEAD if size else 0
         if not self._make_room(key, cost, True, now):
@@ -305,6 +382,8 @@ class Reassembler:
         dg = _Datagram(now)
         dg.checked = offset == 0
         dg.count = 1
+        if offset == 0:
+            dg.tag = tag
         if size:
             dg.starts.append(offset)
             dg.pieces.append(bytes(payload))
@@ -340,12 +419,22 @@ class Reassembler:
             return "replace"
         return None
 
+    @staticmethod
+    def _approve(wanted: Optional[Callable[[memoryview], bool]], payload: memoryview,
+                 header_offset: int) -> bool:
+        """Is the datagram whose first fragment's payload this is wanted?  Its UDP header
+        starts at *header_offset*; without one (negative, or not 8 bytes left) it is not."""
+        if header_offset < 0 or header_offset + UDP_HEADER > len(payload):
+            return False
+        return wanted is None or wanted(payload[header_offset:header_offset + UDP_HEADER])
+
     def _complete(self, key: Key, dg: _Datagram) -> Optional[bytes]:
         if dg.total >= 0 and dg.received == dg.total:
             del self._pending[key]
             self._bytes -= dg.held
             self._stats.reassembled += 1
             self._gauge()
+            self.completed_tag = dg.tag
             return b"".join(dg.pieces)
         self._gauge()
         return None

@@ -17,17 +17,25 @@ MALFORMED_REASONS = (
     "record_header",         # a capture record whose header lies (caplen above len or past the
                              # batch, bh_hdrlen below the header): the rest of the batch is dropped
     "link_truncated",        # shorter than its link-layer header
-    "link_not_ipv4",         # link layer says another protocol (counted, not an error)
-    "ip_truncated",          # shorter than an IPv4 header / its IHL / its total length
-    "ip_version",            # version field is not 4
+    "link_not_ipv4",         # link layer says neither IPv4 nor IPv6 (counted, not an error)
+    "ip_truncated",          # shorter than an IPv4 header / its IHL / its total length, or
+                             # than an IPv6 header / 40 + its payload length
+    "ip_version",            # version field is not 4 (IPv6: 6), or not what the link says
     "ip_header_length",      # IHL < 5
     "ip_total_length",       # total length < header length
     "ip_checksum",           # bad IPv4 header checksum
+    "ip6_header_chain",      # IPv6 extension headers: hop-by-hop not first, more than 8, or
+                             # one running past the payload
+    "ip6_first_fragment",    # an IPv6 first fragment without the whole header chain and UDP
+                             # header (RFC 7112)
+    "ip6_jumbogram",         # IPv6 payload length 0 (a jumbogram, RFC 2675: not supported)
     "udp_truncated",         # shorter than a UDP header
     "udp_length",            # UDP length < 8 or beyond the IP payload
-    "udp_checksum",          # bad UDP checksum (only when verification is on)
+    "udp_checksum",          # bad UDP checksum (only when verification is on); over IPv6
+                             # also a zero checksum, always (RFC 8200 8.1)
     "fragment_offset",       # offset/length beyond 65535
-    "fragment_alignment",    # a non-final fragment whose length is not a multiple of 8
+    "fragment_alignment",    # a non-final fragment whose length is not a multiple of 8 (IPv6:
+                             # or is empty)
     "fragment_overlap",      # overlapping fragments: the whole datagram is dropped
     "fragment_conflict",     # a second "last fragment" disagreeing on the total length
 )
@@ -84,7 +92,7 @@ class Statistics:
         self.own_multicast_dropped = 0   # own multicast while multicast loopback is off
         self.queue_dropped = 0           # datagrams over the receive buffer size, not queued
         self.malformed = dict.fromkeys(MALFORMED_REASONS, 0)
-        self.fragments = 0               # IPv4 fragments received
+        self.fragments = 0               # IP fragments received (IPv4 and IPv6)
         self.reassembled = 0             # datagrams completed from fragments
         self.reassembly_timeouts = 0     # incomplete datagrams expired by age
         self.reassembly_evictions = 0    # incomplete datagrams evicted by the memory/count caps
