@@ -181,12 +181,19 @@ class NetPair:
 
     IF_A = "veth-a"
     IF_B = "veth-b"
+    LINK_LOCAL_A = "fe80::a"
+    LINK_LOCAL_B = "fe80::b"
 
-    def __init__(self, mtu=1500, subnet=None):
+    def __init__(self, mtu=1500, subnet=None, ipv6=False):
+        """*ipv6*: also ULA addresses ``fd00:198:18:<n>::1/64`` and ``::2`` (``addr6_a``,
+        ``addr6_b``) and the link-local ``fe80::a``/``fe80::b``, all ``nodad`` (usable at once;
+        no other link-local address is generated), duplicate address detection off."""
         self.mtu = mtu
         n = next(_counter) % 256 if subnet is None else subnet
         self.addr_a = "198.18.%d.1" % n
         self.addr_b = "198.18.%d.2" % n
+        self.addr6_a = "fd00:198:18:%x::1" % n
+        self.addr6_b = "fd00:198:18:%x::2" % n
         self.if_a, self.if_b = self.IF_A, self.IF_B
         self.a = self.b = None
         try:
@@ -198,6 +205,14 @@ class NetPair:
             for ns, ifname, addr in ((self.a, self.if_a, self.addr_a),
                                      (self.b, self.if_b, self.addr_b)):
                 ns.ip("addr", "add", addr + "/24", "dev", ifname)
+                if ipv6:
+                    for key, value in (("accept_dad", "0"), ("addr_gen_mode", "1")):
+                        ns.run(["sysctl", "-q", "-w",
+                                "net.ipv6.conf.%s.%s=%s" % (ifname, key, value)])
+                    six, local = ((self.addr6_a, self.LINK_LOCAL_A) if ns is self.a
+                                  else (self.addr6_b, self.LINK_LOCAL_B))
+                    ns.ip("-6", "addr", "add", six + "/64", "dev", ifname, "nodad")
+                    ns.ip("-6", "addr", "add", local + "/64", "dev", ifname, "nodad")
                 ns.ip("link", "set", ifname, "up")
                 ns.ip("route", "add", "224.0.0.0/4", "dev", ifname)
         except Exception:

@@ -278,8 +278,8 @@ def pcap_include(tmp_path_factory):
 
 def _c_prelude(abi):
     if abi.startswith("win"):
-        return ("#include <winsock2.h>\n#include <windows.h>\n#include <stddef.h>\n"
-                "#include <pcap/pcap.h>\n"
+        return ("#include <winsock2.h>\n#include <ws2tcpip.h>\n#include <windows.h>\n"
+                "#include <stddef.h>\n#include <pcap/pcap.h>\n"
                 "#ifndef _WIN32\n#error not a Windows compiler\n#endif\n"
                 + NPCAP_DECLARATIONS)
     return ("#include <stddef.h>\n#include <sys/types.h>\n#include <sys/socket.h>\n"

@@ -13,6 +13,7 @@ that only a failure reaches.
 """
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -266,8 +267,18 @@ def test_the_sock_argument_and_argument_errors(netns, stack, kind):
             await create_datagram_endpoint(Recorder, sock=tx)
         with pytest.raises(OSError) as info:
             await create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", PORT),
-                                           family=socket.AF_INET6)
+                                           family=socket.AF_UNIX)
         assert info.value.errno == errno.EAFNOSUPPORT
+        # family= reaches the socket: an IPv6 endpoint on ::1, 4-tuple addresses.
+        transport6, protocol6 = await create_datagram_endpoint(
+            Recorder, local_addr=("::1", PORT + 3), family=socket.AF_INET6)
+        assert transport6.get_extra_info("sockname") == ("::1", PORT + 3, 0, 0)
+        with contextlib.closing(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)) as tx6:
+            tx6.sendto(b"six", ("::1", PORT + 3))
+            (data, address), = await protocol6.received(1)
+            assert data == b"six" and address == ("::1", tx6.getsockname()[1], 0, 0)
+        transport6.close()
+        await protocol6.closed()
         with pytest.raises(TypeError):
             await create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", PORT), bogus=1)
 

@@ -67,6 +67,27 @@ def test_check_live_exit_0_with_self_test_counts(netns):
 
 
 @pytest.mark.live
+def test_check_live_ipv6_self_test_has_its_own_line(netns):
+    proc = run_check(["--count", "40"], prefix=netns.exec_argv([]))
+    assert proc.returncode == 0, _describe(proc)
+    assert re.search(r"✓ IPv6 self-test: 40/40 datagrams received on \[::1\]:\d+ \(2560 bytes\)",
+                     proc.stdout), _describe(proc)
+
+
+@pytest.mark.live
+def test_check_live_without_ipv6_warns_on_that_line_and_passes(netns):
+    """A machine without IPv6 fails the IPv6 line only: a warning, the check still passes."""
+    netns.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])
+    netns.run(["sysctl", "-q", "-w", "net.ipv6.conf.lo.disable_ipv6=1"])
+    proc = run_check(["--count", "20"], prefix=netns.exec_argv([]))
+    assert proc.returncode == 0, _describe(proc)
+    assert re.search(r"! IPv6 self-test: not run: ::1 is not configured", proc.stdout), \
+        _describe(proc)
+    assert "✓ self-test: 20/20" in proc.stdout
+    assert proc.stdout.rstrip().endswith("✓ receiving works on this machine")
+
+
+@pytest.mark.live
 def test_check_live_json_ok_with_count_and_verbose_filters(netns):
     proc = run_check(["--json", "--count", "50", "--verbose"], prefix=netns.exec_argv([]))
     assert proc.returncode == 0, _describe(proc)

@@ -175,12 +175,13 @@ def test_annotations_are_postponed(module):
 
 
 def test_the_receive_path_is_annotated_as_the_contract_says():
-    """docs/API.md: recvfrom gives (bytes, (host, port)), recvfrom_into (count, (host, port))."""
+    """docs/API.md: recvfrom gives (bytes, address), recvfrom_into (count, address), the
+    address (host, port) for AF_INET and (host, port, flowinfo, scope_id) for AF_INET6."""
     hints = typing.get_type_hints
     sock = udpcap_ctypes.UdpcapSocket
     assert hints(sock.recv)["return"] is bytes
     assert hints(sock.recv_into)["return"] is int
-    address = typing.Tuple[str, int]
+    address = typing.Union[typing.Tuple[str, int], typing.Tuple[str, int, int, int]]
     assert hints(sock.recvfrom_into)["return"] == typing.Tuple[int, address]
     # recvfrom(0) is (b"", None): the implementation says so; the overloads split it.
     assert hints(sock.recvfrom)["return"] == typing.Tuple[bytes, typing.Optional[address]]

@@ -92,8 +92,8 @@ def _frame(dport, dst="198.18.0.2", sport=40000):
 def test_union_passes_exactly_its_ports_and_destinations_in_libpcap(offline_filter):
     rng = random.Random(7)
     ports = sorted(rng.sample(range(1024, 65536), 100))
-    text = union_filter([(None, "dst host 198.18.0.2", port) for port in ports[:60]] +
-                        [(None, "dst host 239.1.2.3", port) for port in ports[60:]])
+    text = union_filter([(None, "dst host 198.18.0.2", port, 4) for port in ports[:60]] +
+                        [(None, "dst host 239.1.2.3", port, 4) for port in ports[60:]])
     for port in ports[:60]:
         assert offline_filter(text, _frame(port)), port
         assert offline_filter(text, _frame(port, sport=port + 1 if port < 65535 else 1))

@@ -201,7 +201,7 @@ class UdpcapDatagramTransport(asyncio.DatagramTransport):
                 return
         sock.settimeout(None)
         self._thread = threading.Thread(
-            target=self._reader_thread, name="udpcap-asyncio-reader %s:%d" % sock.getsockname(),
+            target=self._reader_thread, name="udpcap-asyncio-reader %s:%d" % sock.getsockname()[:2],
             daemon=True)                 # never holds up interpreter exit
         self._thread.start()
 
@@ -560,7 +560,7 @@ async def create_datagram_endpoint(
             raise SocketClosedError("sock is closed: pass an open UdpcapSocket")
         if local_addr is not None and sock.bound:
             raise ValueError("sock is already bound to %s:%d: give local_addr only with an "
-                             "unbound socket" % sock.getsockname())
+                             "unbound socket" % sock.getsockname()[:2])
         if local_addr is None and not sock.bound:
             raise ValueError("sock is not bound: bind it first or give local_addr=(host, port)")
         if local_addr is not None:

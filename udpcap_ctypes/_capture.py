@@ -17,6 +17,7 @@ Python-owned buffer, which the receiver walks with ``struct`` and no native call
 import ctypes
 import errno
 import logging
+import socket
 import struct
 import threading
 
@@ -53,13 +54,14 @@ _SF_RECORD = struct.Struct("=IIII")        # savefile record header: ts_sec, ts_
 class Device:
     """A capture device as ``pcap_findalldevs`` lists it."""
 
-    __slots__ = ("name", "description", "flags", "ipv4", "loopback")
+    __slots__ = ("name", "description", "flags", "ipv4", "ipv6", "loopback")
 
-    def __init__(self, name, description, flags, ipv4, loopback=None):
+    def __init__(self, name, description, flags, ipv4, loopback=None, ipv6=()):
         self.name = name                  # str, e.g. "lo", "eth0", r"\Device\NPF_{GUID}"
         self.description = description    # str or None
         self.flags = flags                # PCAP_IF_* bits
         self.ipv4 = ipv4                  # [(address, netmask, broadcast)] as ints (0 if none)
+        self.ipv6 = list(ipv6)            # [(address, scope id)]: 128-bit ints, scope 0 or not
         # The loopback capture device?  Decided by the platform (Platform.devices): Npcap's
         # can be a legacy adapter that only the registry names.
         self.loopback = self.loopback_flag if loopback is None else loopback
@@ -72,8 +74,18 @@ class Device:
     def up(self):
         return bool(self.flags & _pcap.PCAP_IF_UP)
 
+    @property
+    def scope_id(self):
+        """The interface index that scopes this device's link-local addresses (what a socket
+        reports as a link-local source's scope id), or 0 when it has none."""
+        for _address, scope in self.ipv6:
+            if scope:
+                return scope
+        return 0
+
     def __repr__(self):
-        return "Device(%r, ipv4=%r, flags=%#x)" % (self.name, self.ipv4, self.flags)
+        return "Device(%r, ipv4=%r, ipv6=%r, flags=%#x)" % (self.name, self.ipv4, self.ipv6,
+                                                           self.flags)
 
 
 def find_devices(fns):
@@ -89,7 +101,8 @@ def find_devices(fns):
             name = ctypes.string_at(dev.name).decode("utf-8", "replace")
             desc = (_pcap.decode_description(fns, ctypes.string_at(dev.description))
                     if dev.description else None)
-            devices.append(Device(name, desc, dev.flags, _ipv4_addresses(dev.addresses)))
+            devices.append(Device(name, desc, dev.flags, _ipv4_addresses(dev.addresses),
+                                  ipv6=_ipv6_addresses(dev.addresses)))
             node = dev.next
     finally:
         if head.value:
@@ -109,6 +122,18 @@ def _ipv4_addresses(node):
     return out
 
 
+def _ipv6_addresses(node):
+    out = []
+    while node:
+        entry = _structs.pcap_addr.from_address(node)
+        if entry.addr:
+            sin6 = _structs.sockaddr_in6.from_address(entry.addr)
+            if sin6.sin6_family == _AF_INET6:
+                out.append((int.from_bytes(bytes(sin6.sin6_addr), "big"), sin6.sin6_scope_id))
+        node = entry.next
+    return out
+
+
 def _sockaddr_ipv4(pointer):
     if not pointer:
         return None
@@ -119,6 +144,9 @@ def _sockaddr_ipv4(pointer):
 
 
 _AF_INET = 2
+# AF_INET6 in the capture library's sockaddrs: Winsock's 23 on Windows, the host's elsewhere
+# (10 Linux, 30 macOS, 28 FreeBSD, 24 NetBSD/OpenBSD).
+_AF_INET6 = 23 if _structs.host_family() == _structs.WINDOWS else getattr(socket, "AF_INET6", -1)
 
 
 class Capture:

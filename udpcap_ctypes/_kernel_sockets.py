@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 
-from ._net import ip_text
+from ._net import ip6_text, ip_text
 
 log = logging.getLogger(__name__)
 
@@ -25,34 +25,47 @@ _MIN_RCVBUF = 1     # the kernel rounds this up to its minimum
 
 
 class MembershipHolder:
-    """Holds IP_ADD_MEMBERSHIP for groups on a set of interface addresses."""
+    """Holds multicast memberships with real kernel sockets: IP_ADD_MEMBERSHIP (IGMP) on a set
+    of interface addresses, or for *family* AF_INET6 IPV6_JOIN_GROUP (MLD) on a set of
+    interface indexes."""
 
-    def __init__(self, interface_addresses):
-        # ints; 0 means "let the kernel choose the interface by its routes"
-        self._interfaces = list(interface_addresses) or [0]
+    def __init__(self, interfaces, family=socket.AF_INET):
+        # IPv4: addresses as ints; IPv6: indexes; 0 means "the kernel chooses by its routes"
+        self._interfaces = list(interfaces) or [0]
+        self._family = family
         self._sockets = {}                 # (group, interface) -> socket
 
     def join(self, group, interface=0):
-        """Hold *group* on *interface* (an address), or on every interface when 0."""
+        """Hold *group* on *interface* (an address, or an index for IPv6), or on every
+        interface when 0."""
         key = (group, interface)
         if key in self._sockets:
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        six = self._family != socket.AF_INET
+        text = ip6_text if six else ip_text
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MIN_RCVBUF)
-            sock.bind(("0.0.0.0", 0))        # an unused port: it never sees our traffic
+            if six:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(("::" if six else "0.0.0.0", 0))   # an unused port: never our traffic
             joined = 0
-            for address in ([interface] if interface else self._interfaces):
-                mreq = struct.pack("!II", group, address)
+            for where in ([interface] if interface else self._interfaces):
                 try:
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                    if six:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                                        group.to_bytes(16, "big") + struct.pack("=I", where))
+                    else:
+                        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                                        struct.pack("!II", group, where))
                     joined += 1
                 except OSError as exc:
-                    log.debug("membership %s on %s: %s", ip_text(group), ip_text(address), exc)
+                    log.debug("membership %s on %s: %s", text(group),
+                              where if six else ip_text(where), exc)
             if not joined:
                 log.warning("could not hold a kernel membership of %s on any interface; the "
                             "group may only arrive while another program is a member",
-                            ip_text(group))
+                            text(group))
         except BaseException:
             sock.close()
             raise
@@ -84,13 +97,18 @@ class PortGuard:
     _lock = threading.Lock()
     _shared = {}                   # (address, port) -> PortGuard
 
-    def __init__(self, address, port, options):
-        self.key = (address, port)
+    def __init__(self, address, port, options, family=socket.AF_INET, scope_id=0):
+        self.key = (address, port, scope_id)
         self.users = 0
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MIN_RCVBUF)
-            self._sock.bind((address, port))
+            if family != socket.AF_INET:
+                # An IPv6 guard stands for an AF_INET6 socket, which receives IPv6 only.
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                self._sock.bind((address, port, 0, scope_id))
+            else:
+                self._sock.bind((address, port))
             for level, option, value in options:
                 self._sock.setsockopt(level, option, value)
         except BaseException:
@@ -98,14 +116,16 @@ class PortGuard:
             raise
 
     @classmethod
-    def acquire(cls, address, port, options, required=False):
-        """The guard for *address*:*port*, or None when another socket holds the port (no
-        guard is needed then).  With *required*, that is an OSError saying so."""
+    def acquire(cls, address, port, options, required=False, family=socket.AF_INET,
+                scope_id=0):
+        """The guard for *address*:*port* (text of *family*; IPv6 with the scope of a
+        link-local address), or None when another socket holds the port (no guard is needed
+        then).  With *required*, that is an OSError saying so."""
         with cls._lock:
-            guard = cls._shared.get((address, port))
+            guard = cls._shared.get((address, port, scope_id))
             if guard is None:
                 try:
-                    guard = cls(address, port, options)
+                    guard = cls(address, port, options, family, scope_id)
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE and not required:
                         log.debug("no port guard on %s:%d: another socket holds the port",
@@ -115,7 +135,7 @@ class PortGuard:
                                   "%s:%d (%s)%s" % (address, port, exc.strerror or exc,
                                                     _GUARD_IN_USE if exc.errno ==
                                                     errno.EADDRINUSE else "")) from None
-                cls._shared[(address, port)] = guard
+                cls._shared[guard.key] = guard
             guard.users += 1
             return guard
 

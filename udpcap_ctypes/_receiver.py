@@ -222,7 +222,7 @@ class Receiver:
                 try:
                     subscription = self._subscribe(device)
                 except OSError as exc:
-                    if not (address == 0 or address >> 24 != 127 and device.loopback):
+                    if not self._can_do_without(device):
                         raise
                     self.stats.devices_failed += 1
                     log.warning("not capturing on %s%s: %s", device.name,
@@ -250,16 +250,12 @@ class Receiver:
                                 break
             if readiness is not None:
                 self.attach_readiness(readiness)
-            self.platform.groups_joined(self.groups, [c.shared for c in self.captures],
-                                        self.multicast_loopback)
+            self._groups_joined(self.groups)
             hold = self.options.hold_memberships
             if hold is None:
                 hold = self.platform.hold_memberships_default()
             if hold:
-                interfaces = ([address] if address and not (address >> 24 == 127) else
-                              [a for d in self.chosen if not d.loopback
-                               for a, _m, _b in d.ipv4])
-                self.memberships = MembershipHolder(interfaces)
+                self.memberships = self._membership_holder()
                 for group, interface in self.membership_pairs:
                     self.memberships.join(group, interface)
             guard = self.options.port_guard
@@ -267,13 +263,47 @@ class Receiver:
                 guard = self.platform.port_guard_default()
             if guard:
                 self.port_guard = PortGuard.acquire(
-                    ip_text(address), port, self.platform.port_guard_options,
-                    required=self.options.port_guard is True)
+                    self.address_text(address), port, self.platform.port_guard_options,
+                    required=self.options.port_guard is True, family=self.family,
+                    scope_id=self.bound_scope)
         except BaseException:
             self.close()
             raise
-        log.debug("bound %s:%d on %s", ip_text(address), port,
+        log.debug("bound %s:%d on %s", self.address_text(address), port,
                   ", ".join(c.device.name for c in self.captures))
+
+    # -- what differs between the families (Receiver6 overrides) -----------------------------
+
+    family = socket.AF_INET
+    ip_version = 4
+    bound_scope = 0
+
+    @property
+    def port_key(self):
+        """What a shared capture routes this socket's datagrams by: the port (IPv6 sockets:
+        the port | PORT6, so the families never see each other's datagrams)."""
+        return self.port
+
+    @staticmethod
+    def address_text(address):
+        return ip_text(address)
+
+    def _can_do_without(self, device):
+        """May a bind go on without *device* when it fails to open?  Any device of a bind to
+        0.0.0.0; the loopback device of a bind to an interface address."""
+        address = self.bound_address
+        return address == 0 or address >> 24 != 127 and device.loopback
+
+    def _groups_joined(self, groups):
+        """Tell the platform about newly joined *groups* (Windows' loopback kickstart)."""
+        self.platform.groups_joined(groups, [c.shared for c in self.captures],
+                                    self.multicast_loopback)
+
+    def _membership_holder(self):
+        address = self.bound_address
+        interfaces = ([address] if address and not (address >> 24 == 127) else
+                      [a for d in self.chosen if not d.loopback for a, _m, _b in d.ipv4])
+        return MembershipHolder(interfaces)
 
     def _set_waited(self):
         """The waiter waits on :attr:`captures` in this order from now on.  Where its waits
@@ -382,7 +412,8 @@ class Receiver:
         else:
             # Any unicast (the parser keeps only local addresses) and joined groups only.
             destinations = ["not dst net 224.0.0.0/4"] + group_terms
-        return (shared.own.clause(multicast_loopback), " or ".join(destinations), self.port)
+        return (shared.own.clause(multicast_loopback), " or ".join(destinations), self.port,
+                self.ip_version)
 
     def _set_memberships(self, memberships):
         pairs = frozenset(memberships)
@@ -439,8 +470,7 @@ class Receiver:
                 for group, interface in old_pairs - new_pairs:
                     self.memberships.leave(group, interface)
             fresh = (self.groups - old_groups if multicast_loopback is None else self.groups)
-            self.platform.groups_joined(fresh, [c.shared for c in self.captures],
-                                        self.multicast_loopback)
+            self._groups_joined(fresh)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -797,7 +827,6 @@ class Receiver:
         (*own_read*) queues is not capped: it reads because its queue is empty, and takes
         one batch.  True when anything was queued."""
         append = self.ready.append
-        addresses = self._addresses
         queued = queued_bytes = 0
         for src, dst, sport, _dport, first, last, start, buf in datagrams:
             if not self._accepts(dst, shared, subscription, view, start):
@@ -811,10 +840,7 @@ class Receiver:
                 # socket's thread -- may overwrite while this datagram waits.
                 buf = bytes(view[first:last])
                 first, last = 0, size
-            key = (src << 16) | sport
-            address = addresses.get(key)
-            if address is None:
-                address = self._address(key, src, sport)
+            address = self._source(src, sport, shared)
             queued += 1
             queued_bytes += size
             append((buf, first, last, address))
@@ -889,6 +915,12 @@ class Receiver:
             self._addresses.clear()
         address = self._addresses[key] = (ip_text(src), sport)
         return address
+
+    def _source(self, src, sport, shared):
+        """The ``(host, port)`` a datagram from *src*:*sport* is reported from (cached)."""
+        key = (src << 16) | sport
+        address = self._addresses.get(key)
+        return address if address is not None else self._address(key, src, sport)
 
     def capture_drops(self):
         """Frames the captures of this socket dropped since it subscribed (a shared

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import weakref
 
 from . import _packet, _pcap
-from ._reassembly import Reassembler
+from ._reassembly import MAX_PAYLOAD6, Reassembler
 from ._stats import Statistics
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class SharedCapture:
         self.key = key
         self.lock = threading.Lock()
         self.addresses = frozenset(address for address, _m, _b in device.ipv4)
+        # The interface index of the device: what IPv6 memberships name, and the scope id of
+        # link-local sources (Device.scope_id; on POSIX the index by name when it has none).
+        self.ifindex = device_index(device)
         self.is_loopback = device.loopback
         self.own = own
         self.is_own = _packet.make_outgoing_test(capture.linktype, own.macs)
@@ -121,7 +125,7 @@ class SharedCapture:
     def _index(self):
         by_port = {}
         for sub in self.subscriptions:
-            by_port.setdefault(sub.receiver.port, []).append(sub)
+            by_port.setdefault(sub.receiver.port_key, []).append(sub)
         self.by_port = {port: tuple(subs) for port, subs in by_port.items()}
         self.ports = frozenset(by_port)
 
@@ -292,7 +296,15 @@ class SharedCapture:
 
     def reassemble(self, fragment, view, now, start):
         """Feed one fragment; a batch entry ``(src, dst, sport, dport, first, last, start,
-        buffer)`` when it completes a UDP datagram to one of the ports, else None."""
+        buffer)`` when it completes a UDP datagram to one of the ports, else None.
+
+        *fragment* is the walker's IPv4 ``(FRAGMENT, src, dst, ident, offset, more, first,
+        last)`` or IPv6 ``(FRAGMENT6, src6, dst6, ident32, offset, more, first, last,
+        next_header)``; an IPv6 entry's dport is its port key, ``dport | PORT6``.  Both
+        families share the one reassembler (its caps bound them together); IPv6 keys carry
+        ``src6 | V6_TAG`` so they never meet IPv4 keys."""
+        if fragment[0] != _packet.FRAGMENT:
+            return self._reassemble6(fragment, view, now, start)
         _, src, dst, ident, offset, more, first, last = fragment
         segment = self.reassembler.add(src, dst, ident, offset, more, view[first:last], now)
         if segment is None:
@@ -304,6 +316,34 @@ class SharedCapture:
             self.stats.not_for_us += 1
             return None
         return (src, dst, udp[3], udp[4], udp[5], udp[6], start, memoryview(segment))
+
+    def _reassemble6(self, fragment, view, now, start):
+        # RFC 8200 4.5 with RFC 5722: strict (an overlap drops the datagram, an exact duplicate
+        # is ignored), the fragmentable part ends by 65535.  The first fragment holds the rest
+        # of the header chain and the UDP header (RFC 7112): wanted() looks past the extension
+        # headers, and only the first fragment's Next Header counts (later ones may differ),
+        # so the reassembler keeps it with the datagram (tag -> completed_tag).
+        _, src, dst, ident, offset, more, first, last, next_header = fragment
+        data = view[first:last]
+        header = _packet.udp_header_after_extensions(data, next_header) if offset == 0 else 0
+        reassembler = self.reassembler
+        segment = reassembler.add(src | _packet.V6_TAG, dst, ident, offset, more, data, now,
+                                  strict=True, max_payload=MAX_PAYLOAD6, header_offset=header,
+                                  wanted=self._wanted6, tag=next_header)
+        if segment is None:
+            return None
+        udp = _packet.parse_udp6_segment(segment, reassembler.completed_tag, src, dst,
+                                         self.stats, self.verify)
+        if udp is None:
+            return None
+        port = udp[4] | _packet.PORT6
+        if port not in self.ports:
+            self.stats.not_for_us += 1
+            return None
+        return (src, dst, udp[3], port, udp[5], udp[6], start, memoryview(segment))
+
+    def _wanted6(self, udp_header):
+        return (((udp_header[2] << 8) | udp_header[3]) | _packet.PORT6) in self.ports
 
     def fail(self, exc):
         """Reading failed (the device went away): every subscriber is told, and each drops
@@ -363,12 +403,42 @@ def port_clause(ports):
     return " or ".join(terms)
 
 
+def device_index(device):
+    """The interface index of a capture device: the scope id of its link-local addresses,
+    else (POSIX) the index of the interface of that name, else 0."""
+    if device.scope_id:
+        return device.scope_id
+    try:
+        return socket.if_nametoindex(device.name)
+    except (OSError, AttributeError, ValueError):   # Windows' NPF names are no interface names
+        return 0
+
+
+def port_clause6(ports):
+    """BPF text that passes IPv6 UDP, directly after the base header, to any of *ports*
+    (``ip6[42:2]``: the UDP destination port at 40 + 2; see :func:`port_clause`)."""
+    terms = []
+    for first, last in port_ranges(ports):
+        if first == last:
+            terms.append("ip6[42:2] = %d" % first)
+        else:
+            terms.append("(ip6[42:2] >= %d and ip6[42:2] <= %d)" % (first, last))
+    return " or ".join(terms)
+
+
+# IPv6 next headers that may stand between the base header and UDP (hop-by-hop, routing,
+# fragment, destination options): such packets pass the filter whatever their port, and the
+# parser walks the chain (fragments carry no port in later pieces anyway).
+_IP6_EXTENSIONS = "ip6[6] = 0 or ip6[6] = 43 or ip6[6] = 44 or ip6[6] = 60"
+
+
 def union_filter(terms):
     """One BPF expression that passes what any of *terms* passes.
 
-    Each term is ``(own_clause or None, destinations, port)`` (see
-    ``Receiver.filter_terms``).  Terms that differ only in their port are merged, so that a
-    hundred sockets on ten ports make ten port tests in one clause, not a hundred clauses.
+    Each term is ``(own_clause or None, destinations, port, IP version)`` (see
+    ``Receiver.filter_terms``); IPv4 and IPv6 terms make clauses of their own.  Terms that
+    differ only in their port are merged, so that a hundred sockets on ten ports make ten
+    port tests in one clause, not a hundred clauses.
 
     Every IPv4 fragment to the destinations passes (``ip[6:2] & 0x3fff``: more-fragments or
     an offset), whatever its port: later fragments carry no UDP header, and the first one of
@@ -378,12 +448,17 @@ def union_filter(terms):
     or the memory caps evicted them.
     """
     merged = {}
-    for own, destinations, port in terms:
-        merged.setdefault((own, destinations), set()).add(port)
+    for own, destinations, port, family in terms:
+        merged.setdefault((own, destinations, family), set()).add(port)
     clauses = []
-    for (own, destinations), ports in sorted(merged.items(), key=lambda item: repr(item[0])):
-        text = ("udp and (%s) and (%s or ip[6:2] & 0x3fff != 0)"
-                % (destinations, port_clause(ports)))
+    for (own, destinations, family), ports in sorted(merged.items(),
+                                                     key=lambda item: repr(item[0])):
+        if family == 6:
+            text = ("ip6 and (%s) and ((ip6[6] = 17 and (%s)) or %s)"
+                    % (destinations, port_clause6(ports), _IP6_EXTENSIONS))
+        else:
+            text = ("ip and udp and (%s) and (%s or ip[6:2] & 0x3fff != 0)"
+                    % (destinations, port_clause(ports)))
         if own:
             text = "(%s) and %s" % (own, text)
         clauses.append(text)

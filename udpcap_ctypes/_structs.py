@@ -56,9 +56,11 @@ def struct_specs(family):
     if family == BSD:
         sockaddr_head = [("sa_len", "u_char"), ("sa_family", "u_char")]
         sin_head = [("sin_len", "u_char"), ("sin_family", "u_char")]
+        sin6_head = [("sin6_len", "u_char"), ("sin6_family", "u_char")]
     else:
         sockaddr_head = [("sa_family", "u_short")]
         sin_head = [("sin_family", "u_short")]
+        sin6_head = [("sin6_family", "u_short")]
     pcap_stat = [("ps_recv", "u_int"), ("ps_drop", "u_int"), ("ps_ifdrop", "u_int")]
     if family == WINDOWS:
         # pcap/pcap.h: three more counters under #ifdef _WIN32.
@@ -72,6 +74,10 @@ def struct_specs(family):
         "sockaddr": sockaddr_head + [("sa_data", "u_char[14]")],
         "sockaddr_in": sin_head + [("sin_port", "u_short"), ("sin_addr", "u_char[4]"),
                                    ("sin_zero", "u_char[8]")],
+        # struct in6_addr is spelt as its bytes: same size and offset everywhere (C aligns
+        # it to 4 on Linux and BSD, to 2 on Windows; the u_int before it aligns it anyway).
+        "sockaddr_in6": sin6_head + [("sin6_port", "u_short"), ("sin6_flowinfo", "u_int"),
+                                     ("sin6_addr", "u_char[16]"), ("sin6_scope_id", "u_int")],
         "pcap_addr": [("next", "ptr"), ("addr", "ptr"), ("netmask", "ptr"),
                       ("broadaddr", "ptr"), ("dstaddr", "ptr")],
         "pcap_if": [("next", "ptr"), ("name", "ptr"), ("description", "ptr"),
@@ -150,6 +156,7 @@ bpf_insn = _S["bpf_insn"]
 bpf_program = _S["bpf_program"]
 sockaddr = _S["sockaddr"]
 sockaddr_in = _S["sockaddr_in"]
+sockaddr_in6 = _S["sockaddr_in6"]
 pcap_addr = _S["pcap_addr"]
 pcap_if = _S["pcap_if"]
 # Packet.dll's structs: Windows only (None elsewhere).

@@ -35,8 +35,9 @@ from typing import (
 )
 
 from . import _loader, _platform
-from ._net import free_udp_port, ip_text
+from ._net import free_udp_port, ip6_int, ip6_text, ip_text, is_multicast6
 from ._receiver import Receiver, is_multicast
+from ._receiver6 import Receiver6
 from ._stats import Statistics, StatisticsSnapshot
 from .errors import NotBoundError, SocketClosedError
 
@@ -50,8 +51,9 @@ else:
 
 log = logging.getLogger(__name__)
 
-# (host, port) as a socket reports it: the host as dotted text.
-Address = Tuple[str, int]
+# (host, port) as an AF_INET socket reports it, the host as dotted text; an AF_INET6 socket's
+# (host, port, flowinfo, scope_id).
+Address = Union[Tuple[str, int], Tuple[str, int, int, int]]
 # A host as bind() and the multicast calls take it: text, or ASCII bytes as a socket takes.
 Host = Union[str, bytes, bytearray]
 # A setsockopt value: an int, or the option's bytes (an ip_mreq...) as a socket takes them.
@@ -231,12 +233,11 @@ class UdpcapSocket:
     def __init__(self, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM,
                  proto: int = 0, **options: Any) -> None:
         self._closed = True                 # until construction succeeds (see __del__)
-        if family == getattr(socket, "AF_INET6", None):
-            raise OSError(errno.EAFNOSUPPORT, "UdpcapSocket does not receive IPv6 yet: use "
-                                              "family=socket.AF_INET")
-        if family != socket.AF_INET:
-            raise OSError(errno.EAFNOSUPPORT, "UdpcapSocket receives IPv4 (socket.AF_INET), "
-                                              "not address family %r" % (family,))
+        if family not in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
+            raise OSError(errno.EAFNOSUPPORT, "UdpcapSocket receives IPv4 (socket.AF_INET) "
+                                              "or IPv6 (socket.AF_INET6), not address family "
+                                              "%r" % (family,))
+        self._family = socket.AddressFamily(family)
         if type != socket.SOCK_DGRAM:
             raise OSError(errno.EPROTONOSUPPORT, "UdpcapSocket receives UDP: type must be "
                                                  "socket.SOCK_DGRAM, not %r" % (type,))
@@ -262,7 +263,11 @@ class UdpcapSocket:
 
     @property
     def family(self) -> socket.AddressFamily:
-        return socket.AF_INET
+        return self._family
+
+    @property
+    def _ipv6(self) -> bool:
+        return self._family != socket.AF_INET
 
     @property
     def type(self) -> socket.SocketKind:
@@ -304,26 +309,42 @@ class UdpcapSocket:
     def multicast_loopback(self) -> bool:
         return self._multicast_loopback
 
-    def join_multicast_group(self, group: Host, interface: Optional[Host] = None) -> None:
-        """Receive datagrams sent to *group* (``IP_ADD_MEMBERSHIP``); allowed before bind.
+    def join_multicast_group(self, group: Host,
+                             interface: Optional[Union[Host, int]] = None) -> None:
+        """Receive datagrams sent to *group* (``IP_ADD_MEMBERSHIP``, ``IPV6_JOIN_GROUP``);
+        allowed before bind.
 
-        *interface*: the address of a local interface to receive the group on, or None (and
-        ``"0.0.0.0"``) for every device the socket captures on.
+        *interface*: IPv4, the address of a local interface to receive the group on; IPv6,
+        an interface name or index; None (and ``"0.0.0.0"``, index 0) for every device the
+        socket captures on.
         """
         self._change_group(group, interface, join=True)
 
-    def leave_multicast_group(self, group: Host, interface: Optional[Host] = None) -> None:
+    def leave_multicast_group(self, group: Host,
+                              interface: Optional[Union[Host, int]] = None) -> None:
         """Stop receiving *group* (``IP_DROP_MEMBERSHIP``) on *interface* (as joined; None
         also matches the group's only membership)."""
         self._change_group(group, interface, join=False)
 
-    def _change_group(self, group: Host, interface: Optional[Host], join: bool) -> None:
+    def _change_group(self, group: Host, interface: Optional[Union[Host, int]],
+                      join: bool) -> None:
         self._check_open()
-        address = _parse_ipv4(group, "multicast group")
-        if not is_multicast(address):
-            raise OSError(errno.EINVAL, "%s is not a multicast address (224.0.0.0/4)"
-                          % ip_text(address))
-        where = 0 if interface is None else _parse_ipv4(interface, "interface")
+        if self._ipv6:
+            address, _scope = _parse_ipv6(group, "multicast group")
+            if not is_multicast6(address):
+                raise OSError(errno.EINVAL, "%s is not an IPv6 multicast address (ff00::/8)"
+                              % ip6_text(address))
+            where = _interface_index(interface)
+            text, on = ip6_text, _on_index
+        else:
+            address = _parse_ipv4(group, "multicast group")
+            if not is_multicast(address):
+                raise OSError(errno.EINVAL, "%s is not a multicast address (224.0.0.0/4)"
+                              % ip_text(address))
+            if isinstance(interface, int):
+                raise TypeError("an IPv4 interface is an address (str), not %r" % (interface,))
+            where = 0 if interface is None else _parse_ipv4(interface, "interface")
+            text, on = ip_text, _on
         with self._state_lock:
             receiver = self._receiver
             if join and where and receiver is not None:
@@ -331,12 +352,12 @@ class UdpcapSocket:
             key = (address, where)
             if join and key in self._memberships:
                 raise OSError(errno.EADDRINUSE, "already a member of %s%s"
-                              % (ip_text(address), _on(where)))
+                              % (text(address), on(where)))
             if not join and key not in self._memberships:
                 mine = [m for m in self._memberships if m[0] == address]
                 if interface is not None or len(mine) != 1:
                     raise OSError(errno.EADDRNOTAVAIL, "not a member of %s%s"
-                                  % (ip_text(address), _on(where)))
+                                  % (text(address), on(where)))
                 key = mine[0]
             if join:
                 self._memberships.add(key)
@@ -351,14 +372,18 @@ class UdpcapSocket:
         self._check_open()
         if level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
             return self.set_receive_buffer_size(value)  # type: ignore[arg-type]  # bytes: TypeError
-        if level == socket.IPPROTO_IP and option == socket.IP_MULTICAST_LOOP:
+        ip_level = socket.IPPROTO_IPV6 if self._ipv6 else socket.IPPROTO_IP
+        if level == ip_level and option == _multicast_loop_option(self._ipv6):
             return self.set_multicast_loopback(
                 value if isinstance(value, int) else struct.unpack("B", value[:1])[0])
-        if level == socket.IPPROTO_IP and option in (socket.IP_ADD_MEMBERSHIP,
-                                                     socket.IP_DROP_MEMBERSHIP):
+        if not self._ipv6 and level == socket.IPPROTO_IP and option in (
+                socket.IP_ADD_MEMBERSHIP, socket.IP_DROP_MEMBERSHIP):
             group, interface = _parse_mreq(value, self._platform)
             return self._change_group(group, interface,
                                       join=option == socket.IP_ADD_MEMBERSHIP)
+        if self._ipv6 and level == socket.IPPROTO_IPV6 and option in _IPV6_MEMBERSHIP:
+            group, index = _parse_mreq6(value)
+            return self._change_group(group, index, join=_IPV6_MEMBERSHIP[option])
         if level == socket.SOL_SOCKET and option in (socket.SO_REUSEADDR,
                                                      getattr(socket, "SO_REUSEPORT", -1)):
             return None          # captures are always shared
@@ -377,7 +402,8 @@ class UdpcapSocket:
         self._check_open()
         if level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
             value = self._buffer_size
-        elif level == socket.IPPROTO_IP and option == socket.IP_MULTICAST_LOOP:
+        elif (level == (socket.IPPROTO_IPV6 if self._ipv6 else socket.IPPROTO_IP)
+              and option == _multicast_loop_option(self._ipv6)):
             value = 1 if self._multicast_loopback else 0
         elif level == socket.SOL_SOCKET and option == socket.SO_TYPE:
             value = int(socket.SOCK_DGRAM)
@@ -418,18 +444,17 @@ class UdpcapSocket:
 
     # -- binding -----------------------------------------------------------------------------
 
-    def bind(self, address: Tuple[Host, int]) -> None:
-        """Open the captures for ``(host, port)``; see ``docs/API.md`` for host forms."""
+    def bind(self, address: Union[Tuple[Host, int], Tuple[Host, int, int, int]]) -> None:
+        """Open the captures for ``(host, port)`` (AF_INET6 also ``(host, port, flowinfo,
+        scope_id)``); see ``docs/API.md`` for host forms."""
         self._check_open()
+        if self._ipv6:
+            return self._bind6(address)
         if not isinstance(address, tuple) or len(address) != 2:
             raise TypeError("bind(): AF_INET address must be tuple, not %s"
                             % type(address).__name__)
         host, port = address
-        if not isinstance(port, int):
-            raise TypeError("'%s' object cannot be interpreted as an integer"
-                            % type(port).__name__)
-        if not 0 <= port <= 65535:
-            raise OverflowError("bind(): port must be 0-65535.")
+        _check_port(port)
         host_int = _parse_ipv4(host, "bind address")
         if is_multicast(host_int):
             raise OSError(errno.EADDRNOTAVAIL, "cannot bind to multicast address %s: bind to "
@@ -451,10 +476,37 @@ class UdpcapSocket:
             self._ready = receiver.ready
             self._sockname = (ip_text(host_int), port)
 
+    def _bind6(self, address: Any) -> None:
+        if not isinstance(address, tuple) or len(address) not in (2, 3, 4):
+            raise TypeError("bind(): AF_INET6 address must be tuple, not %s"
+                            % type(address).__name__)
+        host, port = address[0], address[1]
+        _check_port(port)
+        scope = address[3] if len(address) == 4 else 0
+        if not isinstance(scope, int) or isinstance(scope, bool):
+            raise TypeError("bind(): scope_id must be an integer")
+        host_int, host_scope = _parse_ipv6(host, "bind address")
+        scope = scope or host_scope
+        with self._state_lock:
+            if self._receiver is not None:
+                raise OSError(errno.EINVAL, "socket is already bound to %r" % (self._sockname,))
+            receiver = Receiver6(self._platform, self._stats, self._options,
+                                 queue_limit=self._buffer_size,
+                                 ring_size=self._buffer_size if self._buffer_size_set else None)
+            receiver.configure(self._platform.devices(), host_int, port, self._memberships,
+                               self._multicast_loopback, scope_id=scope)
+            if port == 0:
+                port = free_udp_port(ip6_text(host_int), socket.AF_INET6, scope)
+                receiver.port = port
+            receiver.open(self._readiness)
+            self._receiver = receiver
+            self._ready = receiver.ready
+            self._sockname = (ip6_text(host_int), port, 0, scope)
+
     def getsockname(self) -> Address:
         self._check_open()
         if self._sockname is None:
-            return ("0.0.0.0", 0)
+            return ("::", 0, 0, 0) if self._ipv6 else ("0.0.0.0", 0)
         return self._sockname
 
     @property
@@ -637,7 +689,7 @@ class UdpcapSocket:
             pass
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("bound to %s:%d" % self._sockname
+        state = "closed" if self._closed else ("bound to %s:%d" % self._sockname[:2]
                                                if self._sockname else "unbound")
         return "<UdpcapSocket %s>" % state
 
@@ -659,6 +711,83 @@ def _writable_bytes(buffer: WritableBuffer, nbytes: int) -> Tuple[memoryview, in
 
 def _on(interface: int) -> str:
     return " on interface %s" % ip_text(interface) if interface else ""
+
+
+def _on_index(interface: int) -> str:
+    return " on interface index %d" % interface if interface else ""
+
+
+def _check_port(port: Any) -> None:
+    if not isinstance(port, int):
+        raise TypeError("'%s' object cannot be interpreted as an integer"
+                        % type(port).__name__)
+    if not 0 <= port <= 65535:
+        raise OverflowError("bind(): port must be 0-65535.")
+
+
+def _parse_ipv6(host: Host, what: str) -> Tuple[int, int]:
+    """``(address, scope id)`` of IPv6 text (``"fe80::1%eth0"`` carries a scope), bytes, or a
+    resolvable name; OSError for anything else."""
+    if isinstance(host, (bytes, bytearray)):
+        try:
+            host = bytes(host).decode("ascii")
+        except UnicodeError:
+            raise OSError(errno.EINVAL, "%s %r is not a valid IPv6 address" % (what, host)) \
+                from None
+    if not isinstance(host, str):
+        raise TypeError("%s must be str or bytes, not %s" % (what, type(host).__name__))
+    if host == "":
+        return 0, 0
+    try:
+        return ip6_int(host), 0
+    except (OSError, ValueError):
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, socket.AF_INET6, socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        raise OSError(errno.EINVAL, "%s %r is not a valid IPv6 address (%s)"
+                      % (what, host, exc)) from None
+    sockaddr = found[0][4]
+    return ip6_int(sockaddr[0].split("%", 1)[0]), int(sockaddr[3])
+
+
+def _interface_index(interface: Optional[Union[Host, int]]) -> int:
+    """An IPv6 membership's interface: None or 0 (any), an index, or an interface name."""
+    if interface is None:
+        return 0
+    if isinstance(interface, bool):
+        raise TypeError("an interface is a name or an index, not %r" % (interface,))
+    if isinstance(interface, int):
+        if interface < 0:
+            raise OSError(errno.ENODEV, "no interface has the index %d" % interface)
+        return interface
+    if isinstance(interface, (bytes, bytearray)):
+        interface = bytes(interface).decode("ascii", "replace")
+    if not isinstance(interface, str):
+        raise TypeError("an interface is a name or an index, not %r" % (interface,))
+    try:
+        return socket.if_nametoindex(interface)
+    except (OSError, AttributeError):
+        raise OSError(errno.ENODEV, "no interface is called %r" % interface) from None
+
+
+_IPV6_MEMBERSHIP = {getattr(socket, "IPV6_JOIN_GROUP", -1): True,
+                    getattr(socket, "IPV6_LEAVE_GROUP", -2): False}
+
+
+def _multicast_loop_option(ipv6: bool) -> int:
+    return getattr(socket, "IPV6_MULTICAST_LOOP", -3) if ipv6 else socket.IP_MULTICAST_LOOP
+
+
+def _parse_mreq6(value: OptionValue) -> Tuple[str, int]:
+    """``(group, interface index)`` from an ``ipv6_mreq`` (16-byte group, unsigned index)."""
+    if isinstance(value, int):
+        raise TypeError("IPV6_JOIN_GROUP / IPV6_LEAVE_GROUP take an ipv6_mreq as bytes")
+    raw = bytes(value)
+    if len(raw) < 20:
+        raise OSError(errno.EINVAL, "a membership request is an ipv6_mreq of 20 bytes (group, "
+                                    "interface index), got %d bytes" % len(raw))
+    return ip6_text(int.from_bytes(raw[:16], "big")), struct.unpack("=I", raw[16:20])[0]
 
 
 def _parse_mreq(value: OptionValue, platform: _platform.Platform) -> Tuple[str, Optional[str]]:

@@ -379,6 +379,23 @@ EXPORT int pcap_snapshot(emu_t *p)
 /* ------------------------------------------------------------------------------------------ */
 /* Filters */
 
+/* gencode.c gen_loopback_linktype, live capture: a DLT_NULL family word is compared with this
+ * platform's AF_ value in host order -- on _WIN32, 24 (BSD_AFNUM_INET6_BSD) for IPv6, since
+ * "Npcap doesn't use Windows's AF_INET6" (libpcap commit 92fddb84, in every 1.10 release), and
+ * 24 is what Npcap's loopback adapter writes (npf macros.h DLTNULLTYPE_IPV6).  The real libpcap
+ * underneath compiles Linux's AF_INET6 (10): turn its `ld [0]; jeq #htonl(10)` into
+ * `jeq #htonl(24)`, as wpcap.dll generates it. */
+static void windows_loopback_families(struct bpf_program *program)
+{
+    struct bpf_insn *insn = program->bf_insns;
+    for (u_int i = 0; i + 1 < program->bf_len; i++) {
+        if (insn[i].code == (BPF_LD | BPF_W | BPF_ABS) && insn[i].k == 0
+                && insn[i + 1].code == (BPF_JMP | BPF_JEQ | BPF_K)
+                && insn[i + 1].k == htonl(AF_INET6))
+            insn[i + 1].k = htonl(24);
+    }
+}
+
 /* gencode.c pcap_compile: needs an activated handle (its link type and snaplen). */
 EXPORT int pcap_compile(emu_t *p, struct bpf_program *program, const char *text, int optimize,
                         bpf_u_int32 netmask)
@@ -391,6 +408,8 @@ EXPORT int pcap_compile(emu_t *p, struct bpf_program *program, const char *text,
         set_error(p->errbuf, "%s", npf_real()->geterr(p->real));
         return PCAP_ERROR;
     }
+    if (npf_real()->datalink(p->real) == DLT_NULL)
+        windows_loopback_families(program);
     return 0;
 }
 
