@@ -1,7 +1,9 @@
 """tools/send.py, tools/recv.py and tools/bench.py, run as a user runs them (subprocesses).
 
-Traffic goes only to 127.0.0.1.  Tests that capture (UdpcapSocket, bench) are marked ``live``:
-they need root and libpcap, and in CI a skip is a failure.
+Traffic goes only to 127.0.0.1, or inside network namespaces the tests create (IPv6: ::1 of a
+namespace's loopback, nodad addresses of a NetPair(ipv6=True)).  Tests that capture
+(UdpcapSocket, bench) are marked ``live``: they need root and libpcap, and in CI a skip is a
+failure.
 """
 
 import ctypes
@@ -22,6 +24,7 @@ import bench_replay
 import bench_report
 import bench_run
 import bench_worker
+import netns as nslib  # tests/netns.py
 import send
 from udpcap_ctypes import _net
 
@@ -33,14 +36,19 @@ def tool(name):
     return [sys.executable, os.path.join(TOOLS, name)]
 
 
-def start_recv(args, timeout=20):
-    """Start recv.py and wait until it says it is receiving (its stderr banner)."""
-    proc = subprocess.Popen(tool("recv.py") + args, stdout=subprocess.PIPE,
+def start_recv(args, timeout=20, namespace=None):
+    """Start recv.py (inside *namespace*, a tests/netns.py Namespace, if given) and wait until
+    it says it is receiving (its stderr banner)."""
+    argv = tool("recv.py") + args
+    if namespace is not None:
+        argv = namespace.exec_argv(argv)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True, cwd="/")
     line = proc.stderr.readline()
     if "receiving on" not in line:
         out, err = proc.communicate(timeout=timeout)
         pytest.fail("recv.py did not start: %s%s%s" % (line, err, out))
+    proc.banner = line.strip()
     return proc
 
 
@@ -50,8 +58,11 @@ def finish_recv(proc, timeout=30):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_send(args, timeout=60):
-    done = subprocess.run(tool("send.py") + args + ["--json", "--quiet"], cwd="/",
+def run_send(args, timeout=60, namespace=None):
+    argv = tool("send.py") + args + ["--json", "--quiet"]
+    if namespace is not None:
+        argv = namespace.exec_argv(argv)
+    done = subprocess.run(argv, cwd="/",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
@@ -497,6 +508,206 @@ def test_recv_rejects_a_coalesce_out_of_range():
     assert "coalesce must be between 0 and" in done.stderr
 
 
+# --------------------------------------------------------------------------- IPv6
+
+def test_ipv6_addresses_in_brackets_parse_and_resolve():
+    """[HOST]:PORT for IPv6 (a link-local one with its %scope), HOST:PORT as before."""
+    assert _common.parse_hostport("[::1]:14000") == ("::1", 14000)
+    assert _common.parse_hostport("[fe80::1%eth0]:9") == ("fe80::1%eth0", 9)
+    assert _common.parse_hostport("127.0.0.1:5") == ("127.0.0.1", 5)
+    assert _common.parse_hostport(":5") == ("0.0.0.0", 5)
+    assert _common.parse_hostport("5", default_host="127.0.0.1") == ("127.0.0.1", 5)
+    for bad in ("::1:14000", "[::1]", "[::1]14000", "[]:5", "[::1:5", "[::1]:x", "[::1]:70000"):
+        with pytest.raises(ValueError):
+            _common.parse_hostport(bad)
+    assert _common.format_hostport("::1", 5) == "[::1]:5"
+    assert _common.format_hostport("127.0.0.1", 5) == "127.0.0.1:5"
+    assert _common.family_of("::") == socket.AF_INET6
+    assert _common.family_of("0.0.0.0") == socket.AF_INET
+    assert _common.sockaddr("::1", 5) == ("::1", 5, 0, 0)
+    assert _common.sockaddr("fe80::1%1", 5) == ("fe80::1", 5, 0, 1)
+    assert _common.sockaddr("127.0.0.1", 5) == ("127.0.0.1", 5)
+    with pytest.raises(OSError):
+        _common.sockaddr("fd00::zz", 5)
+    assert _common.split_scope("fe80::1%eth0") == ("fe80::1", "eth0")
+    assert _common.interface_index("7") == 7 and _common.interface_index("fe80::1%3") == 3
+    assert _common.is_multicast("ff15::1") and _common.is_multicast("ff02::1%lo")
+    assert not _common.is_multicast("fd00::1") and not _common.is_multicast("::")
+    assert _common.is_multicast("239.1.2.3") and not _common.is_multicast("10.0.0.1")
+
+
+def test_payload_size_limit_per_family():
+    assert len(_common.make_payload(65527, socket.AF_INET6)) == 65527
+    with pytest.raises(ValueError, match="IPv4 UDP maximum of 65507"):
+        _common.make_payload(65508)
+    with pytest.raises(ValueError, match="IPv6 UDP maximum of 65527"):
+        _common.make_payload(65528, socket.AF_INET6)
+
+
+def test_ipv6_bad_arguments_say_what_is_wrong():
+    """Nothing is sent or opened: the arguments are refused first."""
+    cases = [("send.py", ["::1:14000", "--count", "1"], "in brackets"),
+             ("send.py", ["[fd00::zz]:14000", "--count", "1"], "[HOST]:PORT"),
+             ("recv.py", ["--socket", "--bind", "[::1]:14000", "--join", "239.0.0.1"],
+              "not an IPv6 multicast address"),
+             ("recv.py", ["--socket", "--bind", "[::1]:14000", "--join", "fd00::1"],
+              "not an IPv6 multicast address"),
+             ("recv.py", ["--socket", "--bind", "[::]:14000", "--join", "ff15::1%nosuchif0"],
+              "no interface is called 'nosuchif0'"),
+             ("recv.py", ["--socket", "--bind", "0.0.0.0:14000", "--join", "ff15::1"],
+              "an IPv6 group needs an IPv6 bind address"),
+             ("recv.py", ["--socket", "--join", "239.0.0.1", "--join", "ff15::1"],
+              "an IPv6 group needs an IPv6 bind address")]
+    for script, args, text in cases:
+        done = subprocess.run(tool(script) + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=60, cwd="/")
+        assert done.returncode == 2, (script, args, done.stderr)
+        assert text in done.stderr, (script, args, done.stderr)
+
+
+def check_ipv6_udp(packet, src, dst, dst_port):
+    """The synthesized IPv6/UDP *packet*: header fields and a UDP checksum that verifies."""
+    assert packet[0] >> 4 == 6 and packet[6] == socket.IPPROTO_UDP
+    plen = struct.unpack("!H", packet[4:6])[0]
+    assert plen == len(packet) - 40
+    assert packet[8:24] == socket.inet_pton(socket.AF_INET6, src)
+    assert packet[24:40] == socket.inet_pton(socket.AF_INET6, dst)
+    _sport, dport, ulen, checksum = struct.unpack("!HHHH", packet[40:48])
+    assert (dport, ulen) == (dst_port, plen) and checksum != 0
+    data = packet[8:40] + struct.pack("!IxxxB", ulen, socket.IPPROTO_UDP) + packet[40:]
+    if len(data) % 2:
+        data += b"\x00"
+    assert _common.ipv4_checksum(data) == 0, "the UDP checksum must verify"
+    return packet[48:]
+
+
+def test_pcap_writer_ipv6_reads_back(tmp_path):
+    """IPv6 datagrams become IPv6/UDP records (scope dropped, checksum computed, odd lengths
+    padded for the sum); with ethernet=True behind ethertype 0x86DD, IPv4 ones behind 0x0800."""
+    raw, ether = str(tmp_path / "raw.pcap"), str(tmp_path / "ether.pcap")
+    odd, big = b"hello", bytes(range(256)) * 11 + b"x"
+    src, dst = ("fe80::b%veth-a", 1234, 0, 7), ("ff15::4242", 14000)
+    with _common.PcapWriter(raw) as w:
+        w.write(odd, src, dst)
+        w.write(big, ("fd00::2", 1235), ("fd00::1", 14001, 0, 0))
+    _, records = read_with_libpcap(raw)
+    assert [r[1] for r in records] == [53, 48 + len(big)]
+    assert check_ipv6_udp(records[0][2], "fe80::b", "ff15::4242", 14000) == odd
+    assert check_ipv6_udp(records[1][2], "fd00::2", "fd00::1", 14001) == big
+    with _common.PcapWriter(ether, ethernet=True) as w:
+        w.write(odd, src, dst)
+        w.write(odd, ("10.1.2.3", 1234), ("239.0.0.1", 14000))
+    datalink, records = read_with_libpcap(ether)
+    assert datalink == 1
+    assert records[0][2][:14] == _common.LOOPBACK_ETHERNET_HEADER6
+    assert check_ipv6_udp(records[0][2][14:], "fe80::b", "ff15::4242", 14000) == odd
+    assert records[1][2][:14] == _common.LOOPBACK_ETHERNET_HEADER
+    assert check_ipv4_udp(records[1][2][14:], 1234, "239.0.0.1", 14000) == odd
+
+
+RECEIVERS6 = ["socket", pytest.param("UdpcapSocket", marks=pytest.mark.live)]
+
+
+def recv_mode(receiver):
+    if receiver == "UdpcapSocket":
+        require_udpcap_socket()
+        return []
+    return ["--socket"]
+
+
+def check_all_arrived(got, receiver, count, size):
+    assert got["receiver"] == receiver
+    assert got["received"] == count and got["unique"] == count, got
+    assert (got["lost"], got["gaps"], got["reorders"], got["duplicates"]) == (0, 0, 0, 0), got
+    assert got["foreign"] == 0 and got["bytes"] == count * size, got
+    assert got["latency_p50_us"] is not None and got["latency_p50_us"] > 0
+    if receiver == "UdpcapSocket":
+        assert got["counters"]["delivered"] == count, got["counters"]
+        assert got["counters"]["malformed_total"] == 0, got["counters"]
+
+
+@pytest.mark.parametrize("receiver", RECEIVERS6)
+def test_send_to_recv_over_ipv6_loopback_in_a_namespace(netns, receiver):
+    """send.py -> recv.py to [::1] of a test namespace's loopback (AF_INET6 sender; an
+    AF_INET6 socket or UdpcapSocket(AF_INET6) receiving): every datagram, once, in order."""
+    proc = start_recv(recv_mode(receiver) + ["--bind", "[::1]:14000", "--count", "2000",
+                                             "--timeout", "10", "--json", "--quiet"],
+                      namespace=netns)
+    assert proc.banner == "%s receiving on [::1]:14000" % receiver
+    sent = run_send(["[::1]:14000", "--count", "2000", "--rate", "20000", "--size", "200"],
+                    namespace=netns)
+    assert (sent["sent"], sent["dest"], sent["send_errors"]) == (2000, "::1", 0)
+    check_all_arrived(finish_recv(proc), receiver, 2000, 200)
+
+
+def test_pcap_file_of_recv_over_ipv6_reads_back(netns, tmp_path):
+    """recv.py --pcap over IPv6: IPv6/UDP records libpcap reads and tcpdump finds the UDP
+    checksum of correct."""
+    path = str(tmp_path / "recv6.pcap")
+    proc = start_recv(["--socket", "--bind", "[::1]:14000", "--count", "20", "--timeout", "10",
+                       "--json", "--quiet", "--pcap", path], namespace=netns)
+    run_send(["[::1]:14000", "--count", "20", "--rate", "1000", "--size", "301"],
+             namespace=netns)
+    assert finish_recv(proc)["pcap_records"] == 20
+    datalink, records = read_with_libpcap(path)
+    assert datalink in (12, 14, 101), datalink
+    assert len(records) == 20
+    for seq, (caplen, length, packet) in enumerate(records):
+        assert caplen == length == 40 + 8 + 301
+        payload = check_ipv6_udp(packet, "::1", "::1", 14000)
+        assert _common.parse_header(payload)[0] == seq
+    if shutil.which("tcpdump"):
+        done = subprocess.run(["tcpdump", "-n", "-vv", "-r", path], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stdout.splitlines() if "IP6" in line]
+        assert len(lines) == 20
+        assert all("::1.14000: [udp sum ok] UDP, length 301" in line for line in lines), lines[0]
+
+
+@pytest.fixture
+def pair6():
+    """Two namespaces joined by veth with nodad ULA and link-local addresses (tests/netns.py
+    NetPair(ipv6=True)), deleted after the test."""
+    reason = nslib.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    pair = nslib.NetPair(ipv6=True)
+    try:
+        yield pair
+    finally:
+        pair.delete()
+
+
+@pytest.mark.parametrize("receiver", RECEIVERS6)
+@pytest.mark.parametrize("target", ["ula", "link-local", "multicast"])
+def test_send_to_recv_over_ipv6_between_namespaces(pair6, receiver, target):
+    """send.py in namespace b -> recv.py in namespace a over the veth: to a's ULA address,
+    to its link-local address with the %scope on both sides, and to ff15::4242 joined on a's
+    veth by name (--join GROUP%IFACE, bound to [::] by default) and sent out of b's
+    (--interface)."""
+    a, b = pair6.a, pair6.b
+    if target == "ula":
+        bind, dest, join, via = "[%s]:14000" % pair6.addr6_a, "[%s]:14000" % pair6.addr6_a, [], []
+        shown = bind
+    elif target == "link-local":
+        bind = "[%s%%%s]:14000" % (pair6.LINK_LOCAL_A, pair6.if_a)
+        dest = "[%s%%%s]:14000" % (pair6.LINK_LOCAL_A, pair6.if_b)
+        join, via, shown = [], [], bind
+    else:       # no --bind: [::]:14000, since the only group is IPv6
+        bind, dest, shown = None, "[ff15::4242]:14000", "[::]:14000"
+        join = ["--join", "ff15::4242%" + pair6.if_a]
+        via = ["--interface", pair6.if_b]
+    proc = start_recv(recv_mode(receiver) + (["--bind", bind] if bind else [])
+                      + ["--count", "500", "--timeout", "10", "--json", "--quiet"] + join,
+                      namespace=a)
+    assert proc.banner.startswith("%s receiving on %s" % (receiver, shown)), proc.banner
+    sent = run_send([dest, "--count", "500", "--rate", "5000", "--size", "1000"] + via,
+                    namespace=b)
+    assert (sent["sent"], sent["send_errors"]) == (500, 0)
+    check_all_arrived(finish_recv(proc), receiver, 500, 1000)
+
+
 def run_bench_json(script, args, receivers, timeout, sizes=(32, 1400), optional=()):
     """Run a bench tool with --json for *receivers*; ``(report, {(receiver, size): row})``
     after checking that every receiver has a row at each of *sizes* (*optional* receivers:
@@ -668,23 +879,20 @@ def test_bench_sockets_json_has_a_row_for_every_count_and_receiver():
         assert len(run["sockets"]) == k
 
 
-@pytest.mark.live
-@pytest.mark.windows_emulated
-def test_bench_readers_json_has_a_row_for_every_receiver():
-    """bench.py --readers (tools/bench_readers.py) with tiny settings: one stream row for each
-    of the five receivers (the kernel socket, UdpcapSocket's Linux batch and next_ex readers,
-    its Npcap batch and next_ex readers on the emulated Windows), each having received
-    datagrams through the reader it names, and its namespaces gone afterwards.  Structural
-    only: no timing."""
+def run_bench_readers(args, port):
+    """bench.py --readers with tiny settings and *args* (one run of 0.5 s at 1,000/s): its
+    JSON report, after checking that it succeeded, left no namespace behind and has one stream
+    row for each of the five receivers (the kernel socket, UdpcapSocket's Linux batch and
+    next_ex readers, its Npcap batch and next_ex readers on the emulated Windows), each having
+    received datagrams through the reader it names.  Structural only: no timing."""
     require_udpcap_socket()
     import winemu
     reason = winemu.unavailable_reason()
     if reason:
         pytest.skip("the emulated Windows cannot be built: %s" % reason)
     proc = subprocess.Popen(
-        tool("bench.py") + ["--readers", "--rates", "1000", "--sizes", "200", "--seconds",
-                            "0.5", "--repeat", "1", "--no-callgrind", "--port", "21500",
-                            "--json"],
+        tool("bench.py") + ["--readers", "--rates", "1000", "--seconds", "0.5", "--repeat",
+                            "1", "--no-callgrind", "--port", str(port), "--json"] + list(args),
         cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     out, err = proc.communicate(timeout=120)
     left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
@@ -697,6 +905,7 @@ def test_bench_readers_json_has_a_row_for_every_receiver():
     assert not report["errors"], report["errors"]
     assert report["machine"]["cpus"] and report["machine"]["kernel"]
     assert report["callgrind_rows"] == []
+    size = report["settings"]["sizes"][0]
     rows = {r["receiver"]: r for r in report["stream_rows"]}
     expected = {"socket": None, "linux-batch": "DumpBatchReader",
                 "linux-next_ex": "NextExReader", "npcap-batch": "NpfBatchReader",
@@ -704,7 +913,7 @@ def test_bench_readers_json_has_a_row_for_every_receiver():
     assert set(rows) == set(expected)
     for name, reader in expected.items():
         row = rows[name]
-        assert (row["size"], row["rate"], row["repeats"]) == (200, 1000, 1), row
+        assert (row["size"], row["rate"], row["repeats"]) == (size, 1000, 1), row
         assert row["sent"] > 0 and row["received"] > 0 and not row["cut"], row
         assert row["thread_us"] is not None and row["ratio"] is not None, row
         if reader is None:
@@ -715,6 +924,33 @@ def test_bench_readers_json_has_a_row_for_every_receiver():
     assert any(device.startswith("\\Device\\NPF_{") for device in emulated), emulated
     assert rows["npcap-batch"]["counterpart"] == "linux-batch"
     assert rows["npcap-batch"]["counterpart_ratio"] is not None
+    return report
+
+
+@pytest.mark.live
+@pytest.mark.windows_emulated
+def test_bench_readers_json_has_a_row_for_every_receiver():
+    """bench.py --readers (tools/bench_readers.py) with tiny settings: see run_bench_readers."""
+    report = run_bench_readers(["--sizes", "200"], 21500)
+    assert report["settings"]["ipv6"] is False
+    assert report["settings"]["link"] == ["198.18.103.1", "198.18.103.2", 24, 1500]
+
+
+@pytest.mark.live
+@pytest.mark.windows_emulated
+def test_bench_readers_ipv6_json_has_a_row_for_every_receiver():
+    """bench.py --readers --ipv6: the same five receivers, each bound to the receiving
+    namespace's ULA address and receiving IPv6 (a 1400 B datagram, one frame on the veth over
+    IPv6 too): every one of them got the stream, nothing went to a wrong family."""
+    report = run_bench_readers(["--ipv6", "--sizes", "1400"], 21600)
+    settings = report["settings"]
+    assert settings["ipv6"] is True and settings["sizes"] == [1400]
+    assert settings["link"] == ["fd00:198:18:103::1", "fd00:198:18:103::2", 64, 1500]
+    for row in report["stream_rows"]:
+        assert row["lost"] <= row["sent"] // 10, row
+    for run in report["runs"]["stream"]:
+        assert run["foreign"] == 0 and run["duplicates"] == 0, run
+        assert run["counters"].get("malformed_total", 0) == 0, run
 
 
 # --------------------------------------------------------------------------- bench_replay.py

@@ -5,7 +5,10 @@ stdlib only).
 * the clock used for one-way latency,
 * sequence and latency bookkeeping,
 * opening a receiver (``UdpcapSocket`` or a plain ``socket.socket``) the same way,
-* a writer for classic pcap savefiles (LINKTYPE_RAW with synthesized IPv4/UDP headers).
+* addresses: ``HOST:PORT`` and ``[IPV6]:PORT`` (link-local with ``%scope``), the family of a
+  host, sockaddrs, multicast checks,
+* a writer for classic pcap savefiles (LINKTYPE_RAW with synthesized IPv4/UDP or IPv6/UDP
+  headers).
 
 The datagram header (network byte order, 24 bytes)::
 
@@ -35,6 +38,7 @@ MAGIC = b"UCT1"
 HEADER = struct.Struct("!4sQQI")
 HEADER_SIZE = HEADER.size          # 24
 MAX_UDP_PAYLOAD = 65507            # 65535 - 20 (IPv4) - 8 (UDP)
+MAX_UDP_PAYLOAD6 = 65527           # 65535 (IPv6 payload length, no jumbograms) - 8 (UDP)
 SEQ_TIME = struct.Struct("!QQ")    # sequence number and send time, at offset 4 of the header
 SEQ_TIME_OFFSET = 4
 END_SEQ = (1 << 64) - 1            # sequence number of the end markers (send.py --end-marker)
@@ -69,14 +73,17 @@ else:  # Windows
 
 # --------------------------------------------------------------------------- header
 
-def make_payload(size):
-    """A reusable bytearray of *size* bytes with the magic in place and a fixed pad pattern."""
+def make_payload(size, family=socket.AF_INET):
+    """A reusable bytearray of *size* bytes with the magic in place and a fixed pad pattern
+    (at most the UDP maximum of *family*: 65507 bytes over IPv4, 65527 over IPv6)."""
     if size < HEADER_SIZE:
         raise ValueError("datagram size %d is smaller than the %d-byte header; use --size >= %d"
                          % (size, HEADER_SIZE, HEADER_SIZE))
-    if size > MAX_UDP_PAYLOAD:
-        raise ValueError("datagram size %d exceeds the IPv4 UDP maximum of %d bytes"
-                         % (size, MAX_UDP_PAYLOAD))
+    ipv6 = family == socket.AF_INET6
+    maximum = MAX_UDP_PAYLOAD6 if ipv6 else MAX_UDP_PAYLOAD
+    if size > maximum:
+        raise ValueError("datagram size %d exceeds the %s UDP maximum of %d bytes"
+                         % (size, "IPv6" if ipv6 else "IPv4", maximum))
     buf = bytearray(size)
     pad = bytes(range(256))
     for off in range(HEADER_SIZE, size, 256):
@@ -172,12 +179,30 @@ def median(values):
 
 
 def parse_hostport(text, default_host="0.0.0.0"):
-    """``"host:port"`` / ``":port"`` / ``"port"`` -> ``(host, port)``; raises ValueError."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    if not host:
-        host = default_host
+    """``"host:port"`` / ``"[ipv6]:port"`` / ``":port"`` / ``"port"`` -> ``(host, port)``;
+    raises ValueError.
+
+    An IPv6 address goes in brackets (``[::1]:14000``, ``[fe80::1%eth0]:14000`` with the
+    scope of a link-local address); the host comes back without them.
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("%r: no ']' after the IPv6 address ([HOST]:PORT)" % text)
+        host, rest = text[1:end], text[end + 1:]
+        if not host:
+            raise ValueError("%r: no address between the brackets ([HOST]:PORT)" % text)
+        if not rest.startswith(":"):
+            raise ValueError("%r is not [HOST]:PORT (a port after the brackets)" % text)
+        port = rest[1:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = default_host, text
+        if not host:
+            host = default_host
+        elif ":" in host:
+            raise ValueError("%r: an IPv6 address goes in brackets, [HOST]:PORT" % text)
     try:
         port = int(port)
     except ValueError:
@@ -187,7 +212,56 @@ def parse_hostport(text, default_host="0.0.0.0"):
     return host, port
 
 
+def family_of(host):
+    """``socket.AF_INET6`` for an IPv6 host (it has a colon), else ``socket.AF_INET``."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def format_hostport(host, port):
+    """``host:port``, ``[host]:port`` for IPv6."""
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def split_scope(host):
+    """``"fe80::1%eth0"`` -> ``("fe80::1", "eth0")``; no scope: ``(host, None)``."""
+    address, sep, scope = host.partition("%")
+    return address, (scope if sep else None)
+
+
+def sockaddr(host, port):
+    """The address *host*, *port* as a socket of its family takes it: ``(host, port)`` for
+    IPv4; for IPv6 ``(address, port, 0, scope_id)``, the scope of ``%name`` or ``%index``
+    resolved.  OSError for a malformed address (names are not looked up)."""
+    if family_of(host) == socket.AF_INET:
+        return host, port
+    if not host.split("%", 1)[0]:
+        raise OSError("%r is not an IPv6 address" % host)
+    found = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0,
+                               socket.AI_NUMERICHOST)
+    return found[0][4]
+
+
+def interface_index(text):
+    """An IPv6 interface given as a name, an index or a scoped address (``fe80::1%eth0``):
+    its index.  OSError when there is no such interface."""
+    text = str(text)
+    if "%" in text:
+        text = split_scope(text)[1]
+    if text.isdigit():
+        return int(text)
+    try:
+        return socket.if_nametoindex(text)
+    except OSError:
+        raise OSError("no interface is called %r" % text) from None
+
+
 def is_multicast(host):
+    """224.0.0.0/4, or for IPv6 ff00::/8."""
+    if ":" in host:
+        try:
+            return socket.inet_pton(socket.AF_INET6, split_scope(host)[0])[0] == 0xFF
+        except OSError:
+            return False
     try:
         return 224 <= int(host.split(".")[0]) <= 239
     except ValueError:
@@ -249,8 +323,17 @@ def open_receiver(use_socket, bind, groups=(), loopback=True, rcvbuf=None, timeo
     ``udpcap_ctypes.UdpcapSocket``.  Both are configured the same way: receive buffer, multicast
     loopback, bind, group memberships, timeout.  *options* are keyword arguments of the
     ``UdpcapSocket`` constructor.
+
+    An IPv6 bind address (``"::"``, ``"::1"``, ``"fe80::1%eth0"``) gives an AF_INET6 receiver
+    instead: a socket with IPV6_V6ONLY (IPv6 only, as ``UdpcapSocket(AF_INET6)``), or
+    ``UdpcapSocket(socket.AF_INET6)``; its *groups* are IPv6 groups, each optionally with the
+    interface to join it on as ``%name`` or ``%index`` (``ff15::1%eth0``; none: the kernel's
+    choice for the socket, every device for an UdpcapSocket).
     """
     host, port = bind
+    if family_of(host) == socket.AF_INET6:
+        return _open_receiver6(use_socket, host, port, groups, loopback, rcvbuf, timeout,
+                               options)
     if use_socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -275,6 +358,46 @@ def open_receiver(use_socket, bind, groups=(), loopback=True, rcvbuf=None, timeo
             sock.bind((host, port))
             for group in groups:
                 sock.join_multicast_group(group)
+        except BaseException:
+            sock.close()
+            raise
+    sock.settimeout(timeout)
+    return sock
+
+
+def _open_receiver6(use_socket, host, port, groups, loopback, rcvbuf, timeout, options):
+    """:func:`open_receiver` for an IPv6 bind address."""
+    address = sockaddr(host, port)
+    memberships = []
+    for group in groups:
+        name, scope = split_scope(group)
+        memberships.append((name, None if scope is None else interface_index(scope)))
+    if use_socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if rcvbuf:
+                set_socket_rcvbuf(sock, rcvbuf)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP,
+                            1 if loopback else 0)
+            sock.bind(address)
+            for name, index in memberships:
+                mreq = socket.inet_pton(socket.AF_INET6, name) + struct.pack("@I", index or 0)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        cls = import_udpcap_socket()
+        sock = cls(socket.AF_INET6, **(options or {}))
+        try:
+            if rcvbuf:
+                sock.set_receive_buffer_size(max(rcvbuf, 65535))
+            sock.set_multicast_loopback(bool(loopback))
+            sock.bind(address)
+            for name, index in memberships:
+                sock.join_multicast_group(name, interface=index)
         except BaseException:
             sock.close()
             raise
@@ -321,11 +444,13 @@ LINKTYPE_RAW = 101          # raw IPv4/IPv6, first nibble tells the version
 LINKTYPE_ETHERNET = 1
 # What a Linux loopback capture shows before each IPv4 packet: zero MACs, ethertype IPv4.
 LOOPBACK_ETHERNET_HEADER = bytes(12) + b"\x08\x00"
+LOOPBACK_ETHERNET_HEADER6 = bytes(12) + b"\x86\xdd"       # ... and before an IPv6 one
 PCAP_SNAPLEN = 65535
 
 _PCAP_GLOBAL = struct.Struct("<IHHiIII")
 _PCAP_RECORD = struct.Struct("<IIII")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
 
 
@@ -352,31 +477,57 @@ def synthesize_ipv4_udp(payload, src, dst, ident=0, ttl=64):
     return header + _UDP.pack(src_port, dst_port, udp_len, 0) + bytes(payload)
 
 
+def synthesize_ipv6_udp(payload, src, dst, hop_limit=64):
+    """IPv6 header + UDP header + *payload*; the UDP checksum computed (IPv6 requires one).
+    Hosts may carry a ``%scope`` (dropped: a packet has none)."""
+    (src_host, src_port), (dst_host, dst_port) = src[:2], dst[:2]
+    udp_len = 8 + len(payload)
+    if udp_len > 65535:
+        raise ValueError("datagram of %d bytes does not fit an IPv6 packet" % len(payload))
+    src_raw = socket.inet_pton(socket.AF_INET6, split_scope(src_host)[0])
+    dst_raw = socket.inet_pton(socket.AF_INET6, split_scope(dst_host)[0])
+    udp = _UDP.pack(src_port, dst_port, udp_len, 0) + bytes(payload)
+    pseudo = src_raw + dst_raw + struct.pack("!IxxxB", udp_len, socket.IPPROTO_UDP)
+    data = pseudo + udp
+    if len(data) % 2:
+        data += b"\x00"
+    checksum = ipv4_checksum(data) or 0xFFFF      # the same one's complement sum; 0 is "none"
+    header = _IPV6.pack(0x60000000, udp_len, socket.IPPROTO_UDP, hop_limit, src_raw, dst_raw)
+    return header + udp[:6] + struct.pack("!H", checksum) + udp[8:]
+
+
 class PcapWriter:
     """Writes a classic (microsecond) pcap savefile, LINKTYPE_RAW, one record per datagram.
 
     Each received datagram is stored as the IPv4/UDP packet that carried it, with synthesized
     headers (no options, DF clear, UDP checksum 0), so Wireshark and tcpdump show source,
-    destination, ports and payload.  ``ethernet=True`` writes LINKTYPE_ETHERNET frames as a
-    Linux loopback capture has them instead (tools/bench_replay.py replays those).
+    destination, ports and payload; a datagram between IPv6 addresses as an IPv6/UDP packet
+    (UDP checksum computed).  ``ethernet=True`` writes LINKTYPE_ETHERNET frames as a Linux
+    loopback capture has them instead (tools/bench_replay.py replays those).
     """
 
     def __init__(self, path, ethernet=False):
         self._file = open(path, "wb")
         self._ident = 0
-        self._link_header = LOOPBACK_ETHERNET_HEADER if ethernet else b""
+        self._ethernet = ethernet
         self.records = 0
         self._file.write(_PCAP_GLOBAL.pack(PCAP_MAGIC_USEC, 2, 4, 0, 0, PCAP_SNAPLEN,
                                            LINKTYPE_ETHERNET if ethernet else LINKTYPE_RAW))
 
     def write(self, payload, src, dst, timestamp=None):
-        packet = synthesize_ipv4_udp(payload, src, dst, self._ident)
-        self._ident += 1
+        """One datagram from *src* to *dst* (``(host, port)``, IPv6 also 4-tuples)."""
+        if ":" in src[0]:
+            packet = synthesize_ipv6_udp(payload, src, dst)
+        else:
+            packet = synthesize_ipv4_udp(payload, src, dst, self._ident)
+            self._ident += 1
         self.write_packet(packet, timestamp)
 
     def write_packet(self, packet, timestamp=None):
-        """One record of an IPv4 *packet* as it is (a fragment, say)."""
-        packet = self._link_header + packet
+        """One record of an IPv4 or IPv6 *packet* as it is (a fragment, say)."""
+        if self._ethernet:
+            packet = (LOOPBACK_ETHERNET_HEADER6 if packet[0] >> 4 == 6
+                      else LOOPBACK_ETHERNET_HEADER) + bytes(packet)
         if timestamp is None:
             timestamp = time.time()
         sec = int(timestamp)

@@ -27,7 +27,8 @@ CPU of K sockets of one process reading one multicast stream, against kernel soc
 With --readers, bench.py runs tools/bench_readers.py instead, with all the arguments: the
 receiving thread's CPU per datagram (and with --callgrind the instructions per datagram) of
 socket.recvfrom_into, UdpcapSocket's Linux batch and next_ex readers and its Npcap batch and
-next_ex readers on the emulated Windows of tests/winemu, on the same paced stream.
+next_ex readers on the emulated Windows of tests/winemu, on the same paced stream (with --ipv6
+over IPv6: ``python3 tools/bench.py --readers --ipv6``).
 """
 
 import argparse
@@ -157,8 +158,8 @@ def build_parser():
                         "root): the receiving thread's CPU per datagram and losses of "
                         "socket.recvfrom_into and of UdpcapSocket's Linux and emulated Npcap "
                         "batch and next_ex readers on the same paced stream, and with "
-                        "--callgrind their instructions per datagram (see bench_readers.py "
-                        "--help)")
+                        "--callgrind their instructions per datagram; --ipv6 over IPv6 (see "
+                        "bench_readers.py --help)")
     # workers run tools/bench_worker.py; bench.py --worker SPEC does the same
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     return p

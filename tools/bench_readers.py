@@ -51,6 +51,15 @@ under valgrind); then it drains them in its main thread under ``valgrind --tool=
 --separate-threads=yes``.  ``(Ir(N2) - Ir(N1)) / (N2 - N1)`` of that thread, for the two
 ``--callgrind-counts``, cancels start-up and binding.
 
+``--ipv6``: the same over IPv6.  The veth pair gets ``nodad`` ULA addresses (duplicate
+address detection off, no link-local address generated; the peer fd00:198:18:103::1/64, the
+receiver fd00:198:18:103::2), send.py sends from an AF_INET6 socket, and every receiver binds
+fd00:198:18:103::2 and receives IPv6: ``socket.recvfrom_into`` on an AF_INET6 socket with
+IPV6_V6ONLY, ``UdpcapSocket(socket.AF_INET6)`` with each reader on Linux and on the emulated
+Windows (whose emulated driver captures the IPv6 frames on the veth adapter as the IPv4 ones).
+The guard socket is an AF_INET6 one.  Sizes up to 1452 B (1452 + 40 + 8 = 1500); the default
+1400 B datagram is one frame over IPv6 too.
+
 Every stream figure is the median of ``--repeat`` runs (3); the receivers take turns within a
 repeat.  Nothing is pinned unless ``--pin`` is given.
 
@@ -60,6 +69,7 @@ repeat.  Nothing is pinned unless ``--pin`` is given.
     python3 tools/bench_readers.py --quick --json  # 10,000/s of 1400 B for 0.5 s, one repeat
     python3 tools/bench_readers.py --no-stream --callgrind --sizes 1400
     python3 tools/bench_readers.py --readers linux-batch,npcap-batch --rates 100000
+    python3 tools/bench_readers.py --ipv6          # the same over IPv6
 
 The receiver processes run this file with ``--worker SPEC``; on the emulated Windows,
 tests/winemu/boot.py calls :func:`emulated_worker` of this file.
@@ -105,6 +115,10 @@ BASELINE = SOCKET
 
 # (the receiving namespace's address, the peer's, prefix): a /24 no other tool uses
 RECV_ADDR, PEER_ADDR, PREFIX = "198.18.103.2", "198.18.103.1", 24
+# --ipv6: the same, a ULA /64 (nodad)
+RECV_ADDR6, PEER_ADDR6, PREFIX6 = "fd00:198:18:103::2", "fd00:198:18:103::1", 64
+MTU = 1500
+MAX_SIZE, MAX_SIZE6 = MTU - 20 - 8, MTU - 40 - 8       # one frame on the veth: 1472, 1452
 CALLGRIND_BUFFER = 64 << 20
 SEQ = struct.Struct("!Q")
 AF_PACKET, SOL_PACKET, PACKET_STATISTICS = 17, 263, 6     # linux/if_packet.h
@@ -115,15 +129,24 @@ def label(key):
     return RECEIVERS[key][0]
 
 
+def link(ipv6):
+    """``(receiver address, peer address, prefix length)`` of the veth pair."""
+    return (RECV_ADDR6, PEER_ADDR6, PREFIX6) if ipv6 else (RECV_ADDR, PEER_ADDR, PREFIX)
+
+
 # --------------------------------------------------------------------------- namespaces
 
 class ReadersNamespaces:
     """A receiving namespace and a peer namespace joined by one veth pair (MTU 1500),
     created inside the namespaces (the root namespace never sees the link).  ``with`` deletes
     both, also when setting up fails half-way; :meth:`close` may be called more than once.
-    :meth:`exec_argv` is what ``winemu.Machine`` asks a namespace for."""
+    :meth:`exec_argv` is what ``winemu.Machine`` asks a namespace for.
 
-    def __init__(self):
+    *ipv6*: the veth ends get the IPv6 addresses of :func:`link` instead, ``nodad``, with
+    duplicate address detection off and no link-local address generated (usable at once)."""
+
+    def __init__(self, ipv6=False):
+        self.ipv6 = ipv6
         tag = "%d" % (os.getpid() % 100000)
         self.recv_ns, self.peer_ns = "uctrd-r" + tag, "uctrd-p" + tag
         self.recv_if, self.peer_if = "urdR-" + tag, "urdP-" + tag
@@ -145,14 +168,29 @@ class ReadersNamespaces:
                 self._ip("-n", ns, "link", "set", "lo", "up")
             self._ip("-n", self.recv_ns, "link", "add", self.recv_if, "type", "veth",
                      "peer", "name", self.peer_if, "netns", self.peer_ns)
-            for ns, dev, addr in ((self.recv_ns, self.recv_if, RECV_ADDR),
-                                  (self.peer_ns, self.peer_if, PEER_ADDR)):
-                self._ip("-n", ns, "addr", "add", "%s/%d" % (addr, PREFIX), "dev", dev)
-                self._ip("-n", ns, "link", "set", dev, "mtu", "1500", "up")
+            recv_addr, peer_addr, prefix = link(self.ipv6)
+            for ns, dev, addr in ((self.recv_ns, self.recv_if, recv_addr),
+                                  (self.peer_ns, self.peer_if, peer_addr)):
+                if self.ipv6:
+                    for key, value in (("accept_dad", "0"), ("addr_gen_mode", "1")):
+                        self._sysctl(ns, "net.ipv6.conf.%s.%s=%s" % (dev, key, value))
+                    self._ip("-n", ns, "-6", "addr", "add", "%s/%d" % (addr, prefix), "dev", dev,
+                             "nodad")
+                else:
+                    self._ip("-n", ns, "addr", "add", "%s/%d" % (addr, prefix), "dev", dev)
+                self._ip("-n", ns, "link", "set", dev, "mtu", str(MTU), "up")
         except BaseException:
             self.close()
             raise
         return self
+
+    @staticmethod
+    def _sysctl(ns, setting):
+        done = subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", setting],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=30)
+        if done.returncode:
+            raise RuntimeError("sysctl %s in %s: %s" % (setting, ns, done.stderr.strip()))
 
     def close(self):
         while self.created:
@@ -171,13 +209,15 @@ class ReadersNamespaces:
 # --------------------------------------------------------------------------- the workers
 
 def open_receiver(spec):
-    """The receiver of *spec* bound to its address and port, and a guard socket or None."""
+    """The receiver of *spec* bound to its address and port, and a guard socket or None.
+    ``spec["ipv6"]``: AF_INET6 ones (a socket with IPV6_V6ONLY, ``UdpcapSocket(AF_INET6)``)."""
     host, port = spec["bind"], spec["port"]
     reader = spec.get("reader")
     rcvbuf = spec.get("rcvbuf")
+    family = socket.AF_INET6 if spec.get("ipv6") else socket.AF_INET
     guard = None
     if reader is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = kernel_socket(family)
         try:
             if rcvbuf:
                 _common.set_socket_rcvbuf(sock, rcvbuf)
@@ -189,12 +229,12 @@ def open_receiver(spec):
     if spec.get("guard"):
         # An unread kernel socket on the port: the namespace then does not answer each
         # datagram with ICMP port unreachable (what the Linux UdpcapSocket's port guard does).
-        guard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        guard = kernel_socket(family)
         guard.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
         guard.bind((host, port))
     cls = _common.import_udpcap_socket()
     try:
-        sock = cls(reader=reader)
+        sock = cls(family, reader=reader)
         try:
             if rcvbuf:
                 sock.set_receive_buffer_size(rcvbuf)
@@ -207,6 +247,18 @@ def open_receiver(spec):
             guard.close()
         raise
     return sock, guard
+
+
+def kernel_socket(family):
+    """A UDP socket of *family*; an AF_INET6 one receives IPv6 only (IPV6_V6ONLY)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
 
 
 def describe_readers(sock):
@@ -483,7 +535,8 @@ class ReadersBench:
         return argv, env
 
     def start_worker(self, key, spec, wrapper=(), env_extra=None):
-        spec = dict(spec, cpu=self.rx_cpu, bind=RECV_ADDR, reader=RECEIVERS[key][1],
+        spec = dict(spec, cpu=self.rx_cpu, bind=link(self.args.ipv6)[0], ipv6=self.args.ipv6,
+                    reader=RECEIVERS[key][1],
                     emulated=RECEIVERS[key][2], guard=self.args.guard and RECEIVERS[key][2])
         argv, env = self.worker_command(key, spec)
         env.update(env_extra or {})
@@ -515,10 +568,12 @@ class ReadersBench:
 
     def run_sender(self, port, size, count, rate, duration=None, timeout=120):
         """send.py in the peer namespace to the receiver: its JSON summary."""
+        recv_addr, peer_addr, _prefix = link(self.args.ipv6)
         cmd = self.ns.exec_argv([
-            sys.executable, os.path.join(TOOLS, "send.py"), "%s:%d" % (RECV_ADDR, port),
+            sys.executable, os.path.join(TOOLS, "send.py"),
+            _common.format_hostport(recv_addr, port),
             "--size", str(size), "--count", str(count), "--rate", str(rate),
-            "--interface", PEER_ADDR, "--end-marker", "--json", "--quiet"], ns=self.ns.peer_ns)
+            "--interface", peer_addr, "--end-marker", "--json", "--quiet"], ns=self.ns.peer_ns)
         if duration:
             cmd += ["--duration", "%.3f" % duration]
         if self.tx_cpu is not None:
@@ -834,11 +889,16 @@ def report_text(report):
     """What the tool prints without --json."""
     import bench_sockets
     s = report["settings"]
+    ipv6 = s.get("ipv6", False)
+    recv_addr, peer_addr, _prefix = link(ipv6)
     out = [bench_sockets.machine_line(report["machine"], s["pinned"]),
-           "namespaces: a veth pair (MTU 1500), %s -> %s; send.py paced in the peer namespace; "
-           "each receiver in a process of its own bound to %s:port with the package's "
+           "namespaces: a veth pair (MTU %d), %s -> %s%s; send.py paced in the peer namespace; "
+           "each receiver in a process of its own bound to %s with the package's "
            "defaults, reading with blocking recvfrom_into in one thread%s"
-           % (PEER_ADDR, RECV_ADDR, RECV_ADDR,
+           % (MTU, peer_addr, recv_addr,
+              " (IPv6, nodad ULA addresses; AF_INET6 receivers: a socket with IPV6_V6ONLY, "
+              "UdpcapSocket(AF_INET6))" if ipv6 else "",
+              ("[%s]:port" if ipv6 else "%s:port") % recv_addr,
               "; an unread guard socket on the port beside the emulated receivers"
               if s["guard"] else "")]
     rows = report["stream_rows"]
@@ -924,7 +984,8 @@ def build_parser():
     p.add_argument("--rates", default="1000,10000,30000,100000", metavar="R,R,...",
                    help="datagrams/s of the streams (default 1000,10000,30000,100000)")
     p.add_argument("--sizes", default="32,1400", metavar="B,B,...",
-                   help="datagram sizes, %d..1472 (default 32,1400)" % _common.HEADER_SIZE)
+                   help="datagram sizes, %d..%d, with --ipv6 ..%d (default 32,1400)"
+                        % (_common.HEADER_SIZE, MAX_SIZE, MAX_SIZE6))
     p.add_argument("--seconds", type=float, default=3.0,
                    help="length of each stream run (default 3)")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure, median (default 3)")
@@ -955,6 +1016,10 @@ def build_parser():
     p.add_argument("--rcvbuf", type=int,
                    help="receive buffer of every stream receiver in bytes (default: none set, "
                         "the kernel's and the package's defaults)")
+    p.add_argument("--ipv6", action="store_true",
+                   help="over IPv6: nodad ULA addresses on the veth pair (%s -> %s), AF_INET6 "
+                        "receivers (a socket with IPV6_V6ONLY, UdpcapSocket(AF_INET6))"
+                        % (PEER_ADDR6, RECV_ADDR6))
     p.add_argument("--port", type=int, default=17000, help="first UDP port (default 17000)")
     p.add_argument("--pin", action="store_true",
                    help="pin receivers to the first usable CPU and senders to the second "
@@ -986,8 +1051,10 @@ def parse_args(argv=None):
                                                          "--callgrind-counts")))
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
-    if any(size > 1472 for size in args.size_list):
-        parser.error("--sizes: at most 1472 B (one frame on the MTU-1500 veth)")
+    largest = MAX_SIZE6 if args.ipv6 else MAX_SIZE
+    if any(size > largest for size in args.size_list):
+        parser.error("--sizes: at most %d B (one %s frame on the MTU-%d veth)"
+                     % (largest, "IPv6" if args.ipv6 else "IPv4", MTU))
     if len(args.callgrind_count_list) != 2:
         parser.error("--callgrind-counts: two different counts, N1,N2")
     args.keys = [k for k in args.readers.split(",") if k] or list(ORDER)
@@ -1026,7 +1093,7 @@ def main(argv=None):
     errors = []
     try:
         info = bench_sockets.machine()
-        with ReadersNamespaces() as ns:
+        with ReadersNamespaces(args.ipv6) as ns:
             bench = ReadersBench(args, ns)
             bench.tmp = tmp
             keys = list(args.keys)
@@ -1038,7 +1105,8 @@ def main(argv=None):
                     keys = [k for k in keys if not RECEIVERS[k][2]]
                     callgrind_keys = [k for k in callgrind_keys if not RECEIVERS[k][2]]
             bench.log("namespaces %s (%s, %s) and %s (%s); %s"
-                      % (ns.recv_ns, ns.recv_if, RECV_ADDR, ns.peer_ns, PEER_ADDR,
+                      % (ns.recv_ns, ns.recv_if, link(args.ipv6)[0], ns.peer_ns,
+                         link(args.ipv6)[1],
                          "receiver on CPU %s, sender on CPU %s" % (bench.rx_cpu, bench.tx_cpu)
                          if bench.rx_cpu is not None else "nothing pinned"))
             runs = bench.run(keys, callgrind_keys)
@@ -1068,7 +1136,8 @@ def main(argv=None):
                      "callgrind_rate": args.callgrind_rate,
                      "callgrind_buffer": CALLGRIND_BUFFER,
                      "pinned": [bench.rx_cpu, bench.tx_cpu] if bench.rx_cpu is not None
-                     else None, "link": [PEER_ADDR, RECV_ADDR, PREFIX, 1500],
+                     else None, "ipv6": args.ipv6,
+                     "link": [link(args.ipv6)[1], link(args.ipv6)[0], link(args.ipv6)[2], MTU],
                      "clock": _common.clock_name()},
     }
     if args.json:

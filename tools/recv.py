@@ -11,10 +11,19 @@ the header that tools/send.py embeds, plus the UdpcapSocket's own counters.
 synthesized from the source address and the bound address/group; UDP checksum 0), which
 Wireshark and tcpdump open.
 
+IPv6: a bind address in brackets (``[::]:14000``, ``[::1]:14000``, ``[fd00::1]:14000``, a
+link-local one with its scope, ``[fe80::1%eth0]:14000``) receives IPv6 with
+``UdpcapSocket(socket.AF_INET6)``, or with --socket an AF_INET6 socket with IPV6_V6ONLY; the
+groups to --join are then IPv6 groups, ``GROUP%IFACE`` to join one on a given interface (name or
+index).  Without --bind and with only IPv6 groups to join, the bind address is ``[::]:14000``.
+--pcap writes IPv6/UDP packets for them (UDP checksum computed).
+
 Examples:
     python3 tools/recv.py --bind 127.0.0.1:14000 --stats
     python3 tools/recv.py --bind 0.0.0.0:14000 --join 239.0.0.1 --no-loopback
     python3 tools/recv.py --bind 127.0.0.1:14000 --socket --count 100 --timeout 5 --pcap out.pcap
+    python3 tools/recv.py --bind [::1]:14000 --stats
+    python3 tools/recv.py --bind [::]:14000 --join ff15::4242%eth0
 """
 
 import argparse
@@ -115,8 +124,8 @@ class Receiver:
     def print_datagram(self, n, src, header):
         head = bytes(self.buf[:min(n, self.show_bytes)]).hex()
         seq = " seq=%d" % header[0] if header else ""
-        self.out.write("%s:%d len=%d%s %s%s\n" % (src[0], src[1], n, seq, head,
-                                                    "..." if n > self.show_bytes else ""))
+        self.out.write("%s len=%d%s %s%s\n" % (_common.format_hostport(src[0], src[1]), n, seq,
+                                                head, "..." if n > self.show_bytes else ""))
 
     def print_tick(self, seconds, rx, nbytes, lat):
         seconds = max(seconds, 1e-9)
@@ -175,14 +184,28 @@ def summary_line(r, kind):
     return text
 
 
+def scoped(address):
+    """The host of a socket address, an IPv6 one with its ``%scope`` where it has one."""
+    host = address[0]
+    if len(address) == 4 and address[3] and "%" not in host:
+        try:
+            return "%s%%%s" % (host, socket.if_indextoname(address[3]))
+        except OSError:
+            return "%s%%%d" % (host, address[3])
+    return host
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         description="Receive UDP datagrams with udpcap_ctypes.UdpcapSocket (no socket opened) "
                     "or, with --socket, a plain UDP socket.")
-    p.add_argument("--bind", default="0.0.0.0:14000", metavar="ADDR:PORT",
-                   help="address and port to receive on (default 0.0.0.0:14000)")
+    p.add_argument("--bind", metavar="ADDR:PORT",
+                   help="address and port to receive on (default 0.0.0.0:14000; [::]:14000 when "
+                        "every --join group is IPv6); IPv6 as [ADDR]:PORT, e.g. [::1]:14000, "
+                        "[fe80::1%%eth0]:14000")
     p.add_argument("--join", action="append", default=[], metavar="GROUP",
-                   help="join this multicast group (repeatable)")
+                   help="join this multicast group (repeatable); IPv6: GROUP or GROUP%%IFACE "
+                        "(an interface name or index)")
     p.add_argument("--no-loopback", action="store_true",
                    help="do not receive this host's own multicast (IP_MULTICAST_LOOP 0)")
     p.add_argument("--timeout", type=float,
@@ -210,10 +233,29 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.bind is None:
+        ipv6_groups = args.join and all(":" in group for group in args.join)
+        args.bind = "[::]:14000" if ipv6_groups else "0.0.0.0:14000"
     try:
         bind = _common.parse_hostport(args.bind)
-        socket.inet_aton(bind[0])
+        ipv6 = _common.family_of(bind[0]) == socket.AF_INET6
+        if ipv6:
+            _common.sockaddr(*bind)
+        else:
+            socket.inet_aton(bind[0])
         for group in args.join:
+            if ipv6:
+                if _common.family_of(group) != socket.AF_INET6 or not _common.is_multicast(group):
+                    raise ValueError("--join %s: not an IPv6 multicast address (ff00::/8; the "
+                                     "bind address %s is IPv6)" % (group, args.bind))
+                name, scope = _common.split_scope(group)
+                socket.inet_pton(socket.AF_INET6, name)
+                if scope is not None:
+                    _common.interface_index(scope)
+                continue
+            if _common.family_of(group) == socket.AF_INET6 and _common.is_multicast(group):
+                raise ValueError("--join %s: an IPv6 group needs an IPv6 bind address, e.g. "
+                                 "--bind [::]:PORT" % group)
             if not _common.is_multicast(group):
                 raise ValueError("--join %s: not a multicast address (224.0.0.0/4)" % group)
             socket.inet_aton(group)
@@ -237,13 +279,14 @@ def main(argv=None):
         if args.pcap:
             pcap = _common.PcapWriter(args.pcap)
         local = sock.getsockname()
-        dst_host = args.join[0] if len(args.join) == 1 else local[0]
+        dst_host = (_common.split_scope(args.join[0])[0] if len(args.join) == 1
+                    else local[0])
         receiver = Receiver(sock, stats=args.stats, count=args.count, timeout=args.timeout,
                             pcap=pcap, pcap_dst=(dst_host, local[1]),
                             show_bytes=args.show_bytes, quiet=args.quiet)
         # on stderr, so that stdout stays data only (and tests can wait for this line)
-        print("%s receiving on %s:%d%s" % (kind, local[0], local[1],
-                                           " groups " + ",".join(args.join) if args.join else ""),
+        print("%s receiving on %s%s" % (kind, _common.format_hostport(scoped(local), local[1]),
+                                        " groups " + ",".join(args.join) if args.join else ""),
               file=sys.stderr, flush=True)
         result = receiver.run()
     finally:

@@ -15,9 +15,15 @@ sleep between batches.  Without a rate, send as fast as possible (about 200,000 
 --end-marker sends a few end markers after the last datagram (see tools/bench.py).  --size
 above the path MTU is allowed: the kernel then fragments each datagram.
 
+IPv6 destinations go in brackets, ``[::1]:14000``, a link-local one with its scope,
+``[fe80::1%eth0]:14000``; they are sent from an AF_INET6 socket (--ttl is then the hop
+limit, --interface for multicast an interface name or index).
+
 Examples:
     python3 tools/send.py 127.0.0.1:14000 --rate 1000 --count 5000
     python3 tools/send.py 239.0.0.1:14000 --size 60000 --mbps 100 --duration 10 --ttl 1
+    python3 tools/send.py [fd00::1]:14000 --rate 1000 --count 5000
+    python3 tools/send.py [ff15::4242]:14000 --interface eth0 --count 100
 """
 
 import argparse
@@ -42,6 +48,14 @@ def rate_from_mbps(mbps, size):
 
 
 def open_sender(dest, ttl=None, interface=None, loop=True):
+    """A UDP socket to send to *dest* (its family: AF_INET6 for an IPv6 address).
+
+    *interface*: IPv4, the local address to send from (IP_MULTICAST_IF for multicast); IPv6
+    unicast, the local address to bind to; IPv6 multicast, the interface (name, index or
+    ``addr%scope``) for IPV6_MULTICAST_IF.  *ttl*: TTL, IPv6 hop limit (multicast default 1).
+    """
+    if _common.family_of(dest) == socket.AF_INET6:
+        return _open_sender6(dest, ttl, interface, loop)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         # a large send buffer lets bursts of big datagrams leave without ENOBUFS
@@ -60,6 +74,31 @@ def open_sender(dest, ttl=None, interface=None, loop=True):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             if interface:
                 sock.bind((interface, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _open_sender6(dest, ttl, interface, loop):
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        except OSError:
+            pass
+        if _common.is_multicast(dest):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS,
+                            1 if ttl is None else ttl)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1 if loop else 0)
+            if interface:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF,
+                                _common.interface_index(interface))
+        else:
+            if ttl is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+            if interface:
+                sock.bind(_common.sockaddr(interface, 0))
     except BaseException:
         sock.close()
         raise
@@ -95,7 +134,8 @@ def send_end_markers(sock, addr, buf, markers=END_MARKERS, pause=END_MARKER_PAUS
 
 def send(dest, port, size=64, rate=None, mbps=None, count=None, duration=None, ttl=None,
          interface=None, loop=True, progress=False, start_seq=0, stream=None, end_marker=False):
-    """Send datagrams to ``(dest, port)``; returns a summary dict.
+    """Send datagrams to ``(dest, port)`` (an IPv4 or IPv6 address, link-local with its
+    ``%scope``); returns a summary dict.
 
     *rate* is datagrams/s, *mbps* UDP payload megabits/s (one of them, or neither for "as fast
     as possible").  Stops after *count* datagrams or *duration* seconds, whichever is first, or
@@ -116,11 +156,11 @@ def send(dest, port, size=64, rate=None, mbps=None, count=None, duration=None, t
         raise ValueError("rate must be positive, got %r" % rate)
     if count is not None and count < 0:
         raise ValueError("count must be >= 0, got %r" % count)
-    buf = _common.make_payload(size)
+    buf = _common.make_payload(size, _common.family_of(dest))
     stream = stream or sys.stdout
     live = _common.LiveLine(stream, enabled=None if progress else False)
+    addr = _common.sockaddr(dest, port)
     sock = open_sender(dest, ttl, interface, loop)
-    addr = (dest, port)
     batch = max(1, int(rate * BATCH_SECONDS)) if rate else MAX_BURST
     seq = start_seq
     errors = 0
@@ -187,9 +227,9 @@ def send(dest, port, size=64, rate=None, mbps=None, count=None, duration=None, t
 
 
 def summary_line(result):
-    return ("sent %(sent)d datagrams of %(size)d bytes to %(dest)s:%(port)d in %(seconds).3f s: "
+    return ("sent %(sent)d datagrams of %(size)d bytes to %(to)s in %(seconds).3f s: "
             "%(rate).0f dgram/s, %(mbps).2f Mbit/s payload, %(send_errors)d send errors"
-            % result)
+            % dict(result, to=_common.format_hostport(result["dest"], result["port"])))
 
 
 def build_parser():
@@ -197,19 +237,24 @@ def build_parser():
         description="Send numbered, timestamped UDP datagrams (unicast or multicast).",
         epilog="The embedded send time is CLOCK_MONOTONIC: one-way latency needs the receiver "
                "on the same host.")
-    p.add_argument("destination", help="HOST:PORT, unicast or multicast (e.g. 127.0.0.1:14000)")
+    p.add_argument("destination", help="HOST:PORT, unicast or multicast (e.g. 127.0.0.1:14000); "
+                                        "IPv6 as [HOST]:PORT (e.g. [::1]:14000, "
+                                        "[fe80::1%%eth0]:14000)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=float, help="datagrams per second (default: unpaced)")
     pace.add_argument("--mbps", type=float, help="UDP payload megabits per second")
     p.add_argument("--size", type=int, default=64,
-                   help="datagram (UDP payload) size in bytes, %d..%d; above the MTU the "
-                        "kernel fragments (default 64)" % (_common.HEADER_SIZE,
-                                                           _common.MAX_UDP_PAYLOAD))
+                   help="datagram (UDP payload) size in bytes, %d..%d (IPv6: ..%d); above "
+                        "the MTU the kernel fragments (default 64)"
+                        % (_common.HEADER_SIZE, _common.MAX_UDP_PAYLOAD,
+                           _common.MAX_UDP_PAYLOAD6))
     p.add_argument("--count", type=int, help="stop after this many datagrams")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--ttl", type=int, help="IP TTL (multicast default 1)")
+    p.add_argument("--ttl", type=int, help="IP TTL, IPv6 hop limit (multicast default 1)")
     p.add_argument("--interface", metavar="ADDR",
-                   help="local IPv4 address to send from (IP_MULTICAST_IF for multicast)")
+                   help="local IPv4 address to send from (IP_MULTICAST_IF for multicast); "
+                        "IPv6: the local address to send from, for multicast the interface "
+                        "name or index (IPV6_MULTICAST_IF)")
     loop = p.add_mutually_exclusive_group()
     loop.add_argument("--loop", dest="loop", action="store_true", default=True,
                       help="multicast loopback on: this host's receivers get a copy (default)")
@@ -231,9 +276,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         host, port = _common.parse_hostport(args.destination, default_host="127.0.0.1")
-        socket.inet_aton(host)
+        if _common.family_of(host) == socket.AF_INET6:
+            _common.sockaddr(host, port)
+        else:
+            socket.inet_aton(host)
     except (ValueError, OSError) as exc:
-        parser.error("destination %r: %s (expected IPv4 HOST:PORT)" % (args.destination, exc))
+        parser.error("destination %r: %s (expected HOST:PORT, IPv6 as [HOST]:PORT)"
+                     % (args.destination, exc))
     if port == 0:
         parser.error("destination port must not be 0")
     if args.count is None and args.duration is None:
