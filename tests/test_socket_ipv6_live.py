@@ -241,3 +241,57 @@ def test_a_stream_in_a_thread_with_a_blocked_receive(pair6):
                 time.sleep(0.005)
         reader.join(10)
         assert [data[:5] for data, _ in got] == [b"%05d" % i for i in range(300)]
+
+
+def test_datagrams_this_host_sends_to_its_own_addresses_arrive_once(pair6):
+    """Linux routes datagrams to the host's own global and link-local addresses over lo
+    (table local), not the veth: bound to ::, the socket captures both lo and the veth and
+    must deliver each exactly once."""
+    port = free_port6(pair6.a)
+    with nslib.in_namespace(pair6.a):
+        index = socket.if_nametoindex(pair6.if_a)
+    with receiver6(pair6.a, ("::", port)) as sock, contextlib.closing(sender6(pair6.a)) as tx:
+        targets = [(pair6.addr6_a, port, 0, 0), ("::1", port, 0, 0),
+                   (pair6.LINK_LOCAL_A, port, 0, index)]
+        for n, target in enumerate(targets):
+            for i in range(5):
+                tx.sendto(b"own-%d-%d" % (n, i), target)
+        got = collect(sock, 20, timeout=1.0)
+        assert sorted(data for data, _ in got) == sorted(
+            b"own-%d-%d" % (n, i) for n in range(3) for i in range(5))
+        # The link-local source comes with the scope of the interface that has the address,
+        # as a kernel socket reports it, although the datagrams were captured on lo.
+        sources = {address[0]: address for _, address in got}
+        assert sources[pair6.LINK_LOCAL_A][3] == index
+        assert sources[pair6.addr6_a][3] == sources["::1"][3] == 0
+
+
+def test_the_same_datagrams_and_addresses_as_a_kernel_socket(pair6):
+    """A kernel AF_INET6 socket (IPV6_V6ONLY) and a UdpcapSocket on the same port get the same
+    traffic -- from the peer to the ULA and the link-local address, from this host to its own
+    addresses and ::1, and IPv4 that neither may see -- and report the same thing."""
+    port = free_port6(pair6.a)
+    with nslib.in_namespace(pair6.a):
+        index = socket.if_nametoindex(pair6.if_a)
+        kernel = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        kernel.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        kernel.bind(("::", port))
+    with contextlib.closing(kernel), receiver6(pair6.a, ("::", port)) as sock, \
+            contextlib.closing(sender6(pair6.b)) as peer, \
+            contextlib.closing(sender6(pair6.a)) as own:
+        with nslib.in_namespace(pair6.b):
+            peer_index = socket.if_nametoindex(pair6.if_b)
+            four = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with contextlib.closing(four):
+            for i in range(3):
+                peer.sendto(b"ula-%d" % i, (pair6.addr6_a, port))
+                peer.sendto(b"ll-%d" % i, (pair6.LINK_LOCAL_A, port, 0, peer_index))
+                own.sendto(b"self-%d" % i, (pair6.addr6_a, port))
+                own.sendto(b"lo-%d" % i, ("::1", port))
+                own.sendto(b"ll-self-%d" % i, (pair6.LINK_LOCAL_A, port, 0, index))
+                four.sendto(b"v4-%d" % i, (pair6.addr_a, port))
+                time.sleep(0.01)
+        expected = collect(kernel, 16, timeout=1.0)
+        got = collect(sock, 16, timeout=1.0)
+    assert len(expected) == 15
+    assert sorted(got) == sorted(expected)

@@ -39,6 +39,7 @@ class Receiver6(Receiver):
     family = socket.AF_INET6
     ip_version = 6
     bound_scope = 0
+    own_scopes = {}
 
     @property
     def port_key(self):
@@ -64,6 +65,13 @@ class Receiver6(Receiver):
         self.local_addresses = frozenset(
             [LOOPBACK6] + [a for d in devices for a, _scope in d.ipv6])
         self.interface_addresses = frozenset(device_index(d) for d in devices) - {0}
+        # This host's own link-local addresses and their scopes: datagrams between them travel
+        # over the loopback device, and a socket reports the scope of the address's interface.
+        self.own_scopes = {}
+        for device in devices:
+            for own, scope in device.ipv6:
+                if scope:
+                    self.own_scopes.setdefault(own, scope)
         for _group, interface in memberships:
             if interface:
                 self.check_interface(interface)
@@ -152,7 +160,10 @@ class Receiver6(Receiver):
 
     def _source(self, src, sport, shared):
         """``(host, port, flowinfo, scope_id)`` of a datagram's source (cached)."""
-        scope = shared.ifindex if is_link_local6(src) else 0
+        scope = 0
+        if is_link_local6(src):
+            scope = (self.own_scopes.get(src, shared.ifindex) if shared.is_loopback
+                     else shared.ifindex)
         key = (src, sport, scope)
         address = self._addresses.get(key)
         if address is None:
