@@ -820,6 +820,24 @@ def test_bench_sweep_quick_json_has_a_row_per_receiver_and_rate(tmp_path):
     assert len(list(root.iter("{http://www.w3.org/2000/svg}polyline"))) == 2 * len(receivers)
 
 
+def run_namespace_bench(argv, ns_prefix, timeout):
+    """bench.py with *argv* (a namespace benchmark with --json): its JSON report, after
+    checking that it succeeded without errors and left neither of its namespaces
+    (*ns_prefix* ``-r``/``-p`` and its process id) behind."""
+    proc = subprocess.Popen(tool("bench.py") + argv, cwd="/", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    out, err = proc.communicate(timeout=timeout)
+    left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
+                          universal_newlines=True).stdout
+    tag = "%d" % (proc.pid % 100000)
+    assert not [line for line in left.splitlines()
+                if line.split()[0] in (ns_prefix + "-r" + tag, ns_prefix + "-p" + tag)], left
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert not report["errors"], report["errors"]
+    return report
+
+
 @pytest.mark.live
 def test_bench_sockets_json_has_a_row_for_every_count_and_receiver():
     """bench.py --sockets (tools/bench_sockets.py) with tiny settings: a memory row for every
@@ -831,21 +849,10 @@ def test_bench_sockets_json_has_a_row_for_every_count_and_receiver():
     capture rings); MemAvailable is machine-wide and moves with whatever else runs."""
     require_udpcap_socket()
     counts, ks = (1, 10), (1, 2)
-    proc = subprocess.Popen(
-        tool("bench.py") + ["--sockets", ",".join(map(str, counts)),
-                            "--stream-sockets", ",".join(map(str, ks)), "--rates", "5000",
-                            "--sizes", "200", "--stream-seconds", "0.5", "--repeat", "1",
-                            "--port", "21000", "--json"],
-        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    out, err = proc.communicate(timeout=300)
-    left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
-                          universal_newlines=True).stdout
-    tag = "%d" % (proc.pid % 100000)
-    assert not [line for line in left.splitlines()
-                if line.split()[0] in ("uctsock-r" + tag, "uctsock-p" + tag)], left
-    assert proc.returncode == 0, err
-    report = json.loads(out)
-    assert not report["errors"], report["errors"]
+    report = run_namespace_bench(
+        ["--sockets", ",".join(map(str, counts)), "--stream-sockets", ",".join(map(str, ks)),
+         "--rates", "5000", "--sizes", "200", "--stream-seconds", "0.5", "--repeat", "1",
+         "--port", "21000", "--json"], "uctsock", 300)
     machine = report["machine"]
     assert machine["cpus"] and machine["kernel"] and machine["python"]
     kinds = ("UdpcapSocket", "socket")
@@ -890,19 +897,9 @@ def run_bench_readers(args, port):
     reason = winemu.unavailable_reason()
     if reason:
         pytest.skip("the emulated Windows cannot be built: %s" % reason)
-    proc = subprocess.Popen(
-        tool("bench.py") + ["--readers", "--rates", "1000", "--seconds", "0.5", "--repeat",
-                            "1", "--no-callgrind", "--port", str(port), "--json"] + list(args),
-        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    out, err = proc.communicate(timeout=120)
-    left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
-                          universal_newlines=True).stdout
-    tag = "%d" % (proc.pid % 100000)
-    assert not [line for line in left.splitlines()
-                if line.split()[0] in ("uctrd-r" + tag, "uctrd-p" + tag)], left
-    assert proc.returncode == 0, err
-    report = json.loads(out)
-    assert not report["errors"], report["errors"]
+    report = run_namespace_bench(
+        ["--readers", "--rates", "1000", "--seconds", "0.5", "--repeat", "1", "--no-callgrind",
+         "--port", str(port), "--json"] + list(args), "uctrd", 120)
     assert report["machine"]["cpus"] and report["machine"]["kernel"]
     assert report["callgrind_rows"] == []
     size = report["settings"]["sizes"][0]

@@ -8,7 +8,9 @@ stdlib only).
 * addresses: ``HOST:PORT`` and ``[IPV6]:PORT`` (link-local with ``%scope``), the family of a
   host, sockaddrs, multicast checks,
 * a writer for classic pcap savefiles (LINKTYPE_RAW with synthesized IPv4/UDP or IPv6/UDP
-  headers).
+  headers),
+* what the namespace benchmarks (bench_sockets, bench_readers) share: their namespaces' base,
+  their parent's base, the worker's reply, options and tables.
 
 The datagram header (network byte order, 24 bytes)::
 
@@ -24,11 +26,14 @@ one-way latency.  Elsewhere ``time.monotonic_ns`` is used (also machine-wide on 
 Windows).  Latencies between two different hosts are meaningless and are not computed.
 """
 
+import argparse
 import errno
 import functools
+import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -580,3 +585,181 @@ class LiveLine:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
             self._width = 0
+
+
+# --------------------------------------------------------------------------- namespace benchmarks
+
+class Namespaces:
+    """Base of the benchmarks' network namespaces: a receiving one (``recv_ns``) and a peer
+    (``peer_ns``).  ``created`` lists those made so far; :meth:`close` deletes them, and may be
+    called more than once."""
+
+    @staticmethod
+    def _ip(*args):
+        done = subprocess.run(("ip",) + args, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+        if done.returncode:
+            raise RuntimeError("ip %s: %s" % (" ".join(args), done.stderr.strip()))
+
+    def _add_namespaces(self):
+        """Both namespaces, ``lo`` up in each."""
+        for ns in (self.recv_ns, self.peer_ns):
+            self._ip("netns", "add", ns)
+            self.created.append(ns)
+            self._ip("-n", ns, "link", "set", "lo", "up")
+
+    def _add_veth(self, recv_if, peer_if):
+        """A veth pair made inside the namespaces: the root namespace never sees it."""
+        self._ip("-n", self.recv_ns, "link", "add", recv_if, "type", "veth",
+                 "peer", "name", peer_if, "netns", self.peer_ns)
+
+    def close(self):
+        while self.created:
+            ns = self.created.pop()
+            subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30)
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class NamespaceBench:
+    """Base of a namespace benchmark's parent, with options *args* in namespaces *ns*:
+    progress on *out*, ports from --port on, and with --pin the receiver's and the sender's
+    CPUs."""
+
+    def __init__(self, args, ns, out=sys.stderr):
+        self.args = args
+        self.ns = ns
+        self.out = out
+        self.port = args.port
+        self.rx_cpu = self.tx_cpu = None
+        if args.pin and hasattr(os, "sched_getaffinity"):
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) >= 2:
+                self.rx_cpu, self.tx_cpu = cpus[0], cpus[1]
+
+    def log(self, text):
+        if not self.args.json or self.args.verbose:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def next_port(self, span=1):
+        port = self.port
+        self.port += span
+        if self.port > 65000:
+            self.port = self.args.port
+        return port
+
+    @classmethod
+    def result(cls, out, err):
+        """The worker's RESULT; raises with its ERROR, or with :meth:`failure` without either."""
+        for line in out.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[7:])
+            if line.startswith("ERROR "):
+                raise RuntimeError(line[6:])
+        raise RuntimeError("receiver failed: %s" % (cls.failure(out, err),))
+
+    @staticmethod
+    def failure(out, err):
+        """What a worker that printed neither RESULT nor ERROR said."""
+        return err.strip().splitlines()[-1:] or out
+
+    def attempt(self, errors, what, func, *args):
+        """``func(*args)``, or None with what went wrong appended to *errors*."""
+        try:
+            return func(*args)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            errors.append("%s: %s" % (what, exc))
+            self.log("    %s failed: %s" % (what, exc))
+            return None
+
+
+def serve_worker(spec, work):
+    """In a benchmark's receiver process, pinned to ``spec["cpu"]`` if given: one line
+    "RESULT <json>" of ``work(spec)`` and status 0, or "ERROR <type>: <message>" and 1."""
+    if spec.get("cpu") is not None:
+        pin_to_cpu(spec["cpu"])
+    try:
+        result = work(spec)
+    except Exception as exc:  # the parent shows it
+        print("ERROR %s: %s" % (type(exc).__name__, exc), flush=True)
+        return 1
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def terminate(signum, _frame):
+    """A SIGTERM handler: raises SystemExit, which runs the finally blocks (namespaces go)."""
+    raise SystemExit(128 + signum)
+
+
+def int_list(text, name, minimum=1, number=int):
+    """``--name A,B,...``: integers (each read with *number*) of at least *minimum*."""
+    try:
+        values = [number(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("%s: comma-separated integers, got %r"
+                                         % (name, text)) from None
+    if not values or any(v < minimum for v in values):
+        raise argparse.ArgumentTypeError("%s: integers >= %d, got %r" % (name, minimum, text))
+    return values
+
+
+def add_switch(parser, name, dest, default, help_on, help_off=None):
+    """``--NAME`` and ``--no-NAME``, mutually exclusive, setting *dest* True or False."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--" + name, dest=dest, action="store_true", default=default,
+                       help=help_on)
+    group.add_argument("--no-" + name, dest=dest, action="store_false", help=help_off)
+
+
+def add_bench_options(parser, port, quick_help):
+    """The options every namespace benchmark ends with: --port (default *port*), --pin,
+    --quick (*quick_help*), --json, --verbose and the hidden --worker."""
+    parser.add_argument("--port", type=int, default=port,
+                        help="first UDP port (default %d)" % port)
+    parser.add_argument("--pin", action="store_true",
+                        help="pin receivers to the first usable CPU and senders to the second "
+                             "(default: nothing pinned)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--verbose", action="store_true",
+                        help="progress on stderr also with --json")
+    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+
+
+def parse_bench_args(parser, argv, quick):
+    """*parser*'s arguments; with --quick (and not --worker), *quick* ``((dest, value), ...)``
+    for those left at their defaults."""
+    args = parser.parse_args(argv)
+    if args.quick and not args.worker:
+        defaults = {a.dest: a.default for a in parser._actions}
+        for name, value in quick:
+            if getattr(args, name) == defaults[name]:
+                setattr(args, name, value)
+    return args
+
+
+def print_report(report, as_json, report_text):
+    """*report* as JSON, or as ``report_text(report)``."""
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(report_text(report))
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def columns(head, lines, left=1):
+    """Table lines: *head*, a rule, *lines*; the first *left* columns left-aligned."""
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+
+    def row(cells):
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return [row(head), "  ".join("-" * w for w in widths)] + [row(x) for x in lines]

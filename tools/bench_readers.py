@@ -136,7 +136,7 @@ def link(ipv6):
 
 # --------------------------------------------------------------------------- namespaces
 
-class ReadersNamespaces:
+class ReadersNamespaces(_common.Namespaces):
     """A receiving namespace and a peer namespace joined by one veth pair (MTU 1500),
     created inside the namespaces (the root namespace never sees the link).  ``with`` deletes
     both, also when setting up fails half-way; :meth:`close` may be called more than once.
@@ -153,21 +153,10 @@ class ReadersNamespaces:
         self.name = self.recv_ns
         self.created = []
 
-    @staticmethod
-    def _ip(*args):
-        done = subprocess.run(("ip",) + args, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
-        if done.returncode:
-            raise RuntimeError("ip %s: %s" % (" ".join(args), done.stderr.strip()))
-
     def __enter__(self):
         try:
-            for ns in (self.recv_ns, self.peer_ns):
-                self._ip("netns", "add", ns)
-                self.created.append(ns)
-                self._ip("-n", ns, "link", "set", "lo", "up")
-            self._ip("-n", self.recv_ns, "link", "add", self.recv_if, "type", "veth",
-                     "peer", "name", self.peer_if, "netns", self.peer_ns)
+            self._add_namespaces()
+            self._add_veth(self.recv_if, self.peer_if)
             recv_addr, peer_addr, prefix = link(self.ipv6)
             for ns, dev, addr in ((self.recv_ns, self.recv_if, recv_addr),
                                   (self.peer_ns, self.peer_if, peer_addr)):
@@ -191,16 +180,6 @@ class ReadersNamespaces:
                               universal_newlines=True, timeout=30)
         if done.returncode:
             raise RuntimeError("sysctl %s in %s: %s" % (setting, ns, done.stderr.strip()))
-
-    def close(self):
-        while self.created:
-            ns = self.created.pop()
-            subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=30)
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def exec_argv(self, argv, ns=None):
         return ["ip", "netns", "exec", ns or self.recv_ns] + [str(a) for a in argv]
@@ -448,8 +427,11 @@ def drain_worker(spec, sock):
 def worker_main(spec):
     """In the receiver process: READY, then one line "RESULT <json>", or
     "ERROR <type>: <message>" and exit status 1."""
-    if spec.get("cpu") is not None:
-        _common.pin_to_cpu(spec["cpu"])
+    return _common.serve_worker(spec, _work)
+
+
+def _work(spec):
+    """The receiver of *spec* through its run: the RESULT."""
     sock = guard = None
     try:
         sock, guard = open_receiver(spec)
@@ -461,15 +443,11 @@ def worker_main(spec):
         result.update(readers=readers, platform=sys.platform)
         if spec.get("emulated"):
             result["emulation_rings"] = packet_socket_stats()
-    except Exception as exc:  # the parent shows it
-        print("ERROR %s: %s" % (type(exc).__name__, exc), flush=True)
-        return 1
+        return result
     finally:
         for s in (sock, guard):
             if s is not None:
                 s.close()
-    print("RESULT " + json.dumps(result), flush=True)
-    return 0
 
 
 def emulated_worker(spec):
@@ -479,33 +457,13 @@ def emulated_worker(spec):
 
 # --------------------------------------------------------------------------- the parent
 
-class ReadersBench:
+class ReadersBench(_common.NamespaceBench):
     """The runs of one bench_readers invocation with options *args* in namespaces *ns*."""
 
     def __init__(self, args, ns, out=sys.stderr):
-        self.args = args
-        self.ns = ns
-        self.out = out
-        self.port = args.port
+        super().__init__(args, ns, out)
         self.machine = None
         self.tmp = None
-        self.rx_cpu = self.tx_cpu = None
-        if args.pin and hasattr(os, "sched_getaffinity"):
-            cpus = sorted(os.sched_getaffinity(0))
-            if len(cpus) >= 2:
-                self.rx_cpu, self.tx_cpu = cpus[0], cpus[1]
-
-    def log(self, text):
-        if not self.args.json or self.args.verbose:
-            self.out.write(text + "\n")
-            self.out.flush()
-
-    def next_port(self):
-        port = self.port
-        self.port += 1
-        if self.port > 65000:
-            self.port = self.args.port
-        return port
 
     def start_emulation(self, tmp):
         """Build the shims and one emulated Windows install under *tmp* (tests/winemu)."""
@@ -557,14 +515,10 @@ class ReadersBench:
             raise RuntimeError("receiver did not start within %.0f s" % timeout)
 
     @staticmethod
-    def result(out, err):
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                return json.loads(line[7:])
-            if line.startswith("ERROR "):
-                raise RuntimeError(line[6:])
+    def failure(out, err):
+        """The last lines of the worker's stderr (valgrind's "==" lines left out)."""
         tail = [x for x in err.strip().splitlines() if not x.startswith("==")][-3:]
-        raise RuntimeError("receiver failed: %s" % (" | ".join(tail) or out.strip()[-300:]))
+        return " | ".join(tail) or out.strip()[-300:]
 
     def run_sender(self, port, size, count, rate, duration=None, timeout=120):
         """send.py in the peer namespace to the receiver: its JSON summary."""
@@ -657,15 +611,6 @@ class ReadersBench:
                       thread_irs=irs, lost=max(0, sent["sent"] - result["unique"]))
         return result
 
-    def attempt(self, errors, what, func, *args):
-        """``func(*args)``, or None with what went wrong appended to *errors*."""
-        try:
-            return func(*args)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
-            errors.append("%s: %s" % (what, exc))
-            self.log("    %s failed: %s" % (what, exc))
-            return None
-
     def run(self, keys, callgrind_keys):
         """Every run: ``{"stream": [...], "callgrind": [...], "errors": [...]}``; the
         receivers take turns within each repeat."""
@@ -716,8 +661,7 @@ def callgrind_total(path):
 
 # --------------------------------------------------------------------------- the report
 
-def _median(values):
-    return _common.median(list(values))
+_median = _common.median
 
 
 def _repeat_ratios(runs, base_runs, field):
@@ -808,17 +752,7 @@ def summarize_callgrind(results, counts):
     return rows
 
 
-def _fmt(value, spec):
-    return "-" if value is None else format(value, spec)
-
-
-def _columns(head, lines, left=1):
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
-
-    def row(cells):
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return [row(head), "  ".join("-" * w for w in widths)] + [row(x) for x in lines]
+_fmt, _columns = _common.fmt, _common.columns
 
 
 def _rate(rate):
@@ -958,14 +892,7 @@ def report_text(report):
 # --------------------------------------------------------------------------- the CLI
 
 def _int_list(text, name, minimum=1):
-    try:
-        values = [int(float(x)) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError("%s: comma-separated integers, got %r"
-                                         % (name, text)) from None
-    if not values or any(v < minimum for v in values):
-        raise argparse.ArgumentTypeError("%s: integers >= %d, got %r" % (name, minimum, text))
-    return values
+    return _common.int_list(text, name, minimum, number=lambda x: int(float(x)))
 
 
 def build_parser():
@@ -989,18 +916,12 @@ def build_parser():
     p.add_argument("--seconds", type=float, default=3.0,
                    help="length of each stream run (default 3)")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure, median (default 3)")
-    stream = p.add_mutually_exclusive_group()
-    stream.add_argument("--stream", dest="stream", action="store_true", default=True,
-                        help="the stream runs (default)")
-    stream.add_argument("--no-stream", dest="stream", action="store_false",
-                        help="no stream runs (callgrind only)")
-    grind = p.add_mutually_exclusive_group()
-    grind.add_argument("--callgrind", dest="callgrind", action="store_true", default=False,
-                       help="also instructions per datagram under valgrind's callgrind (about "
-                            "15 s a receiver, size and N: some 5 minutes with the defaults, so "
-                            "not part of the default run)")
-    grind.add_argument("--no-callgrind", dest="callgrind", action="store_false",
-                       help="no callgrind runs (default)")
+    _common.add_switch(p, "stream", "stream", True, "the stream runs (default)",
+                       "no stream runs (callgrind only)")
+    _common.add_switch(p, "callgrind", "callgrind", False,
+                       "also instructions per datagram under valgrind's callgrind (about 15 s a "
+                       "receiver, size and N: some 5 minutes with the defaults, so not part of "
+                       "the default run)", "no callgrind runs (default)")
     p.add_argument("--callgrind-counts", default="2000,6000", metavar="N1,N2",
                    help="datagrams queued and drained under callgrind (default 2000,6000)")
     p.add_argument("--callgrind-rate", type=float, default=5000.0,
@@ -1008,11 +929,9 @@ def build_parser():
                         "valgrind must keep up (default 5000)")
     p.add_argument("--callgrind-settle", type=float, default=1.0,
                    help="seconds between the sender's end and the drain (default 1)")
-    guard = p.add_mutually_exclusive_group()
-    guard.add_argument("--guard", dest="guard", action="store_true", default=True,
-                       help="an unread kernel socket on the port beside the emulated receivers "
-                            "(default), as the Linux UdpcapSocket's port guard")
-    guard.add_argument("--no-guard", dest="guard", action="store_false")
+    _common.add_switch(p, "guard", "guard", True,
+                       "an unread kernel socket on the port beside the emulated receivers "
+                       "(default), as the Linux UdpcapSocket's port guard")
     p.add_argument("--rcvbuf", type=int,
                    help="receive buffer of every stream receiver in bytes (default: none set, "
                         "the kernel's and the package's defaults)")
@@ -1020,30 +939,17 @@ def build_parser():
                    help="over IPv6: nodad ULA addresses on the veth pair (%s -> %s), AF_INET6 "
                         "receivers (a socket with IPV6_V6ONLY, UdpcapSocket(AF_INET6))"
                         % (PEER_ADDR6, RECV_ADDR6))
-    p.add_argument("--port", type=int, default=17000, help="first UDP port (default 17000)")
-    p.add_argument("--pin", action="store_true",
-                   help="pin receivers to the first usable CPU and senders to the second "
-                        "(default: nothing pinned)")
-    p.add_argument("--quick", action="store_true",
-                   help="10000/s of 1400 B for 0.5 s, one repeat (options given explicitly "
-                        "still count)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--verbose", action="store_true", help="progress on stderr also with --json")
-    p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    _common.add_bench_options(p, 17000, "10000/s of 1400 B for 0.5 s, one repeat (options "
+                                        "given explicitly still count)")
     return p
 
 
 def parse_args(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _common.parse_bench_args(parser, argv, (
+        ("rates", "10000"), ("sizes", "1400"), ("seconds", 0.5), ("repeat", 1)))
     if args.worker:
         return args
-    if args.quick:
-        defaults = {a.dest: a.default for a in parser._actions}
-        for name, value in (("rates", "10000"), ("sizes", "1400"), ("seconds", 0.5),
-                            ("repeat", 1)):
-            if getattr(args, name) == defaults[name]:
-                setattr(args, name, value)
     try:
         args.rate_list = _int_list(args.rates, "--rates")
         args.size_list = _int_list(args.sizes, "--sizes", _common.HEADER_SIZE)
@@ -1075,10 +981,6 @@ def parse_args(argv=None):
     return args
 
 
-def _terminate(signum, _frame):
-    raise SystemExit(128 + signum)     # runs the finally blocks: the namespaces go
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -1087,7 +989,7 @@ def main(argv=None):
     import bench_sockets
     notes = []
     callgrind_keys = [k for k in args.keys if args.callgrind]
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _common.terminate)
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="uct-readers-")
     errors = []
@@ -1140,10 +1042,7 @@ def main(argv=None):
                      "link": [link(args.ipv6)[1], link(args.ipv6)[0], link(args.ipv6)[2], MTU],
                      "clock": _common.clock_name()},
     }
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        print(report_text(report))
+    _common.print_report(report, args.json, report_text)
     return 1 if errors else 0
 
 

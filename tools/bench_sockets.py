@@ -67,7 +67,7 @@ SEQ = struct.Struct("!Q")
 
 # --------------------------------------------------------------------------- namespaces
 
-class SocketsNamespaces:
+class SocketsNamespaces(_common.Namespaces):
     """A receiving namespace with lo and two veth links to a peer namespace, MTU 1500, a
     multicast route (224.0.0.0/4) over the first link in both.  ``with`` deletes both, also
     when setting up fails half-way; :meth:`close` may be called more than once."""
@@ -80,23 +80,11 @@ class SocketsNamespaces:
                        for i in range(len(LINKS))]
         self.created = []
 
-    def _ip(self, *args):
-        done = subprocess.run(("ip",) + args, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
-        if done.returncode:
-            raise RuntimeError("ip %s: %s" % (" ".join(args), done.stderr.strip()))
-
     def __enter__(self):
         try:
-            for ns in (self.recv_ns, self.peer_ns):
-                self._ip("netns", "add", ns)
-                self.created.append(ns)
-            for ns in (self.recv_ns, self.peer_ns):
-                self._ip("-n", ns, "link", "set", "lo", "up")
+            self._add_namespaces()
             for (recv_if, peer_if), (recv_addr, peer_addr, prefix) in zip(self.ifaces, LINKS):
-                # made inside the namespaces: the root namespace never sees these links
-                self._ip("-n", self.recv_ns, "link", "add", recv_if, "type", "veth",
-                         "peer", "name", peer_if, "netns", self.peer_ns)
+                self._add_veth(recv_if, peer_if)
                 for ns, dev, addr in ((self.recv_ns, recv_if, recv_addr),
                                       (self.peer_ns, peer_if, peer_addr)):
                     self._ip("-n", ns, "addr", "add", "%s/%d" % (addr, prefix), "dev", dev)
@@ -107,16 +95,6 @@ class SocketsNamespaces:
             self.close()
             raise
         return self
-
-    def close(self):
-        while self.created:
-            ns = self.created.pop()
-            subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=30)
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def prefix(self, ns):
         return ["ip", "netns", "exec", ns]
@@ -394,47 +372,14 @@ def stream_worker(spec):
 def worker_main(spec):
     """In the receiver process: READY (stream) and then one line "RESULT <json>", or
     "ERROR <type>: <message>" and exit status 1."""
-    if spec.get("cpu") is not None:
-        _common.pin_to_cpu(spec["cpu"])
-    try:
-        if spec["mode"] == "memory":
-            result = memory_worker(spec)
-        else:
-            result = stream_worker(spec)
-    except Exception as exc:  # the parent shows it
-        print("ERROR %s: %s" % (type(exc).__name__, exc), flush=True)
-        return 1
-    print("RESULT " + json.dumps(result), flush=True)
-    return 0
+    return _common.serve_worker(spec, lambda spec: (memory_worker if spec["mode"] == "memory"
+                                                    else stream_worker)(spec))
 
 
 # --------------------------------------------------------------------------- the parent
 
-class SocketsBench:
+class SocketsBench(_common.NamespaceBench):
     """The runs of one bench_sockets invocation with options *args*, in namespaces *ns*."""
-
-    def __init__(self, args, ns, out=sys.stderr):
-        self.args = args
-        self.ns = ns
-        self.out = out
-        self.port = args.port
-        self.rx_cpu = self.tx_cpu = None
-        if args.pin and hasattr(os, "sched_getaffinity"):
-            cpus = sorted(os.sched_getaffinity(0))
-            if len(cpus) >= 2:
-                self.rx_cpu, self.tx_cpu = cpus[0], cpus[1]
-
-    def log(self, text):
-        if not self.args.json or self.args.verbose:
-            self.out.write(text + "\n")
-            self.out.flush()
-
-    def next_port(self, span=1):
-        port = self.port
-        self.port += span
-        if self.port > 65000:
-            self.port = self.args.port
-        return port
 
     def start_worker(self, spec):
         spec = dict(spec, cpu=self.rx_cpu)
@@ -442,15 +387,6 @@ class SocketsBench:
             sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, universal_newlines=True)
-
-    @staticmethod
-    def result(out, err):
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                return json.loads(line[7:])
-            if line.startswith("ERROR "):
-                raise RuntimeError(line[6:])
-        raise RuntimeError("receiver failed: %s" % (err.strip().splitlines()[-1:] or out))
 
     def memory(self, kind, n):
         port = self.next_port(n)
@@ -539,15 +475,6 @@ class SocketsBench:
                       sender_cpu_s=sent["cpu_s"])
         return result
 
-    def attempt(self, errors, what, func, *args):
-        """``func(*args)``, or None with what went wrong appended to *errors*."""
-        try:
-            return func(*args)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
-            errors.append("%s: %s" % (what, exc))
-            self.log("    %s failed: %s" % (what, exc))
-            return None
-
     def run(self):
         """Every run: ``{"memory": [...], "stream": [...], "sender_overhead_s": s,
         "errors": [...]}``; the kinds take turns within each repeat."""
@@ -586,8 +513,7 @@ class SocketsBench:
 
 # --------------------------------------------------------------------------- the report
 
-def _median(values):
-    return _common.median(list(values))
+_median = _common.median
 
 
 def summarize_memory(results):
@@ -688,17 +614,7 @@ def summarize_stream(results, sender_overhead=None):
     return rows
 
 
-def _fmt(value, spec):
-    return "-" if value is None else format(value, spec)
-
-
-def _columns(head, lines, left):
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
-
-    def row(cells):
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return [row(head), "  ".join("-" * w for w in widths)] + [row(x) for x in lines]
+_fmt, _columns = _common.fmt, _common.columns
 
 
 def memory_table(rows):
@@ -770,15 +686,7 @@ def report_text(report):
 
 # --------------------------------------------------------------------------- the CLI
 
-def _int_list(text, name, minimum=1):
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError("%s: comma-separated integers, got %r"
-                                         % (name, text)) from None
-    if not values or any(v < minimum for v in values):
-        raise argparse.ArgumentTypeError("%s: integers >= %d, got %r" % (name, minimum, text))
-    return values
+_int_list = _common.int_list
 
 
 def build_parser():
@@ -803,39 +711,23 @@ def build_parser():
     p.add_argument("--repeat", type=int, default=3, help="runs per figure, median (default 3)")
     p.add_argument("--receivers", default=",".join(KINDS),
                    help="comma-separated subset of: %s (default both)" % ", ".join(KINDS))
-    stream = p.add_mutually_exclusive_group()
-    stream.add_argument("--stream", dest="stream", action="store_true", default=True,
-                        help="the stream runs (default)")
-    stream.add_argument("--no-stream", dest="stream", action="store_false",
-                        help="memory, open and close only")
+    _common.add_switch(p, "stream", "stream", True, "the stream runs (default)",
+                       "memory, open and close only")
     p.add_argument("--group", default=DEFAULT_GROUP,
                    help="multicast group of the stream, in 239.0.0.0/8 (default %s)"
                         % DEFAULT_GROUP)
-    p.add_argument("--port", type=int, default=16000, help="first UDP port (default 16000)")
-    p.add_argument("--pin", action="store_true",
-                   help="pin receivers to the first usable CPU and senders to the second "
-                        "(default: nothing pinned)")
-    p.add_argument("--quick", action="store_true",
-                   help="N 1,10; K 1,2; 10000/s of 1400 B for 0.5 s; one repeat (options "
-                        "given explicitly still count)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--verbose", action="store_true", help="progress on stderr also with --json")
-    p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    _common.add_bench_options(p, 16000, "N 1,10; K 1,2; 10000/s of 1400 B for 0.5 s; one "
+                                        "repeat (options given explicitly still count)")
     return p
 
 
 def parse_args(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _common.parse_bench_args(parser, argv, (
+        ("sockets", "1,10"), ("stream_sockets", "1,2"), ("rates", "10000"), ("sizes", "1400"),
+        ("stream_seconds", 0.5), ("repeat", 1)))
     if args.worker:
         return args
-    if args.quick:
-        defaults = {a.dest: a.default for a in parser._actions}
-        for name, value in (("sockets", "1,10"), ("stream_sockets", "1,2"),
-                            ("rates", "10000"), ("sizes", "1400"), ("stream_seconds", 0.5),
-                            ("repeat", 1)):
-            if getattr(args, name) == defaults[name]:
-                setattr(args, name, value)
     try:
         args.socket_counts = _int_list(args.sockets, "--sockets")
         args.stream_counts = _int_list(args.stream_sockets, "--stream-sockets")
@@ -864,15 +756,11 @@ def parse_args(argv=None):
     return args
 
 
-def _terminate(signum, _frame):
-    raise SystemExit(128 + signum)     # runs the finally blocks: the namespaces go
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker_main(json.loads(args.worker))
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _common.terminate)
     started = time.monotonic()
     try:
         info = machine()
@@ -898,10 +786,7 @@ def main(argv=None):
                      "pinned": [bench.rx_cpu, bench.tx_cpu] if bench.rx_cpu is not None
                      else None, "links": [list(link) for link in LINKS]},
     }
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        print(report_text(report))
+    _common.print_report(report, args.json, report_text)
     return 1 if runs["errors"] else 0
 
 

@@ -54,9 +54,9 @@ def open_sender(dest, ttl=None, interface=None, loop=True):
     unicast, the local address to bind to; IPv6 multicast, the interface (name, index or
     ``addr%scope``) for IPV6_MULTICAST_IF.  *ttl*: TTL, IPv6 hop limit (multicast default 1).
     """
-    if _common.family_of(dest) == socket.AF_INET6:
-        return _open_sender6(dest, ttl, interface, loop)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ipv6 = _common.family_of(dest) == socket.AF_INET6
+    level = socket.IPPROTO_IPV6 if ipv6 else socket.IPPROTO_IP
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         # a large send buffer lets bursts of big datagrams leave without ENOBUFS
         try:
@@ -64,41 +64,19 @@ def open_sender(dest, ttl=None, interface=None, loop=True):
         except OSError:
             pass
         if _common.is_multicast(dest):
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1 if ttl is None else ttl)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1 if loop else 0)
-            if interface:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
-                                socket.inet_aton(interface))
-        else:
-            if ttl is not None:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-            if interface:
-                sock.bind((interface, 0))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _open_sender6(dest, ttl, interface, loop):
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    try:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        except OSError:
-            pass
-        if _common.is_multicast(dest):
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS,
+            sock.setsockopt(level, socket.IPV6_MULTICAST_HOPS if ipv6 else socket.IP_MULTICAST_TTL,
                             1 if ttl is None else ttl)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1 if loop else 0)
+            sock.setsockopt(level, socket.IPV6_MULTICAST_LOOP if ipv6 else socket.IP_MULTICAST_LOOP,
+                            1 if loop else 0)
             if interface:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF,
-                                _common.interface_index(interface))
+                sock.setsockopt(level, socket.IPV6_MULTICAST_IF if ipv6 else socket.IP_MULTICAST_IF,
+                                _common.interface_index(interface) if ipv6
+                                else socket.inet_aton(interface))
         else:
             if ttl is not None:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+                sock.setsockopt(level, socket.IPV6_UNICAST_HOPS if ipv6 else socket.IP_TTL, ttl)
             if interface:
-                sock.bind(_common.sockaddr(interface, 0))
+                sock.bind(_common.sockaddr(interface, 0) if ipv6 else (interface, 0))
     except BaseException:
         sock.close()
         raise
