@@ -92,20 +92,27 @@ def udp_checksum(src, dst, segment):
     return value or 0xFFFF
 
 
+def _udp_segment(payload, sport, dport, checksum, length, correct_checksum):
+    """A UDP segment (see udp and udp6); ``correct_checksum(segment)`` computes a correct
+    checksum of the segment whose checksum field is zero."""
+    payload = bytes(payload)
+    ulen = 8 + len(payload) if length is None else length
+    segment = struct.pack("!HHHH", sport, dport, ulen & 0xFFFF, 0) + payload
+    if checksum is True:
+        value = correct_checksum(segment)
+    else:
+        value = int(checksum or 0)
+    return segment[:6] + struct.pack("!H", value) + segment[8:]
+
+
 def udp(payload, sport=40000, dport=5000, src=None, dst=None, checksum=True, length=None):
     """A UDP segment.  ``checksum``: True = correct (needs src/dst), False/0 = none, int = that.
 
     ``length`` overrides the UDP length field (the checksum is computed over the real bytes with
     that field, so only the length lies).
     """
-    payload = bytes(payload)
-    ulen = 8 + len(payload) if length is None else length
-    segment = struct.pack("!HHHH", sport, dport, ulen & 0xFFFF, 0) + payload
-    if checksum is True:
-        value = udp_checksum(src, dst, segment)
-    else:
-        value = int(checksum or 0)
-    return segment[:6] + struct.pack("!H", value) + segment[8:]
+    return _udp_segment(payload, sport, dport, checksum, length,
+                        lambda segment: udp_checksum(src, dst, segment))
 
 
 def ipv4(payload, src="198.18.0.1", dst="198.18.0.2", proto=17, ident=0x1234, ttl=64,
@@ -203,14 +210,8 @@ def udp6(payload, sport=40000, dport=5000, src=SRC6, dst=DST6, checksum=True, le
     ``length`` overrides the UDP length field; the checksum then covers the real bytes with that
     field and a pseudo-header length of ``len(segment)``, so only the field lies.
     """
-    payload = bytes(payload)
-    ulen = 8 + len(payload) if length is None else length
-    segment = struct.pack("!HHHH", sport, dport, ulen & 0xFFFF, 0) + payload
-    if checksum is True:
-        value = udp6_checksum(src, dst, segment)
-    else:
-        value = int(checksum or 0)
-    return segment[:6] + struct.pack("!H", value) + segment[8:]
+    return _udp_segment(payload, sport, dport, checksum, length,
+                        lambda segment: udp6_checksum(src, dst, segment))
 
 
 def ipv6(payload, src=SRC6, dst=DST6, next_header=NH_UDP, payload_length=None, version=6,

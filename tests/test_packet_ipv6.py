@@ -30,6 +30,7 @@ import pytest
 from test_packet_batch import FAST_LINKTYPES
 from test_packet_batch import edge_packets as edge_packets4
 from test_packet_npf_records import LAYOUTS, laid_out
+from test_packet_parser import Counted, check_flipped_bit
 
 import packets as P
 from udpcap_ctypes import _packet
@@ -61,32 +62,6 @@ IPV6_LINKTYPES = sorted(P.LINK_WRAPPERS6)
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def flat(stats):
-    snap = stats.snapshot()
-    out = {k: v for k, v in snap.items() if k not in ("malformed", "malformed_total")}
-    out.update(("malformed." + k, v) for k, v in snap["malformed"].items())
-    return out
-
-
-class Counted:
-    """A Statistics whose changes are compared, all of them, with what a test expects."""
-
-    def __init__(self):
-        self.stats = Statistics()
-        self._before = flat(self.stats)
-
-    def moved(self):
-        after = flat(self.stats)
-        return {k: after[k] - self._before[k] for k in after if after[k] != self._before[k]}
-
-    def expect(self, **changes):
-        """Assert exactly these counters moved (``malformed.x`` spelled ``x`` for reasons)."""
-        want = {("malformed." + k) if k in MALFORMED_REASONS else k: v
-                for k, v in changes.items()}
-        assert self.moved() == want
-        self._before = flat(self.stats)
-
 
 # What follows the packet in the buffer: bytes that would complete any header or payload that
 # a parser read past ``end`` -- they must never be looked at.
@@ -615,11 +590,7 @@ def test_parse_udp6():
     for verify in (False, True):
         assert parse_udp6(segment6(payload, checksum=0), SRC_I, DST_I, c.stats, verify) is None
         c.expect(udp_checksum=1)
-    bad = bytearray(seg)
-    bad[100] ^= 4
-    assert parse_udp6(bytes(bad), SRC_I, DST_I, c.stats, True) is None
-    c.expect(udp_checksum=1)
-    assert parse_udp6(bytes(bad), SRC_I, DST_I, c.stats, False)[0] == UDP
+    check_flipped_bit(parse_udp6, seg, SRC_I, DST_I, c)
     assert parse_udp6(seg, DST_I, SRC_I, c.stats, True) is not None      # the sum commutes
     c.expect()
     assert parse_udp6(seg, SRC_I, DST_I + 1, c.stats, True) is None

@@ -60,6 +60,16 @@ class Counted:
         self._before = flat(self.stats)
 
 
+def check_flipped_bit(parse, segment, src, dst, counted):
+    """``parse(segment, src, dst, stats, verify)`` of *segment* with a payload bit flipped: a
+    ``udp_checksum`` drop when verifying, a UDP result when not."""
+    bad = bytearray(segment)
+    bad[100] ^= 4
+    assert parse(bytes(bad), src, dst, counted.stats, True) is None
+    counted.expect(udp_checksum=1)
+    assert parse(bytes(bad), src, dst, counted.stats, False)[0] == UDP
+
+
 def udp_packet(payload=b"hello", sport=40000, dport=5000, src=SRC, dst=DST, udp_checksum=True,
                length=None, **ip_kwargs):
     return P.ipv4(P.udp(payload, sport, dport, src, dst, checksum=udp_checksum, length=length),
@@ -539,11 +549,7 @@ def test_parse_udp_reassembled_segment():
     c.expect(udp_truncated=1)
     assert parse_udp(P.udp(b"ab", length=11, checksum=0), SRC_I, DST_I, c.stats) is None
     c.expect(udp_length=1)
-    bad = bytearray(seg)
-    bad[100] ^= 4
-    assert parse_udp(bytes(bad), SRC_I, DST_I, c.stats, True) is None
-    c.expect(udp_checksum=1)
-    assert parse_udp(bytes(bad), SRC_I, DST_I, c.stats, False)[0] == UDP
+    check_flipped_bit(parse_udp, seg, SRC_I, DST_I, c)
     c.expect()
 
 

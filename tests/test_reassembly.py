@@ -46,9 +46,8 @@ class Feeder:
             self.out.append(bytes(result))
         return result
 
-    def feed(self, frags, ident=1, now=0.0):
-        results = [self.add(o, mf, p, ident, now) for o, mf, p in frags]
-        return results
+    def feed(self, frags, ident=1, now=0.0, **kwargs):
+        return [self.add(o, mf, p, ident, now, **kwargs) for o, mf, p in frags]
 
     def gauges(self):
         assert self.stats.pending_bytes == self.r.pending_bytes

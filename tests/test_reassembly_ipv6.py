@@ -12,6 +12,7 @@ import random
 import struct
 
 import pytest
+from test_reassembly import Feeder, cost, fragment
 
 from udpcap_ctypes import _capture, _packet, _platform
 from udpcap_ctypes._reassembly import FRAGMENT_OVERHEAD, MAX_PAYLOAD, MAX_PAYLOAD6, Reassembler
@@ -39,23 +40,11 @@ def make_part(size, dport=5000, seed=0, ext=b""):
 
 def fragments(data, size=STRIDE):
     """*data* cut as an IPv6 source would: (offset, more_fragments, payload), *size* each."""
-    assert size % 8 == 0
-    view = memoryview(data)
-    return [(off, off + size < len(data), view[off:off + size])
-            for off in range(0, len(data), size)]
+    return fragment(data, size)
 
 
-def cost(*sizes):
-    return sum(sizes) + FRAGMENT_OVERHEAD * len(sizes)
-
-
-class Feeder6:
+class Feeder6(Feeder):
     """A Reassembler fed IPv6 fragments the way SharedCapture.reassemble feeds them."""
-
-    def __init__(self, **kwargs):
-        self.stats = Statistics()
-        self.r = Reassembler(self.stats, **kwargs)
-        self.out = []
 
     def add(self, offset, mf, payload, ident=1, now=0.0, src=KEY_SRC, tag=NH_UDP,
             header_offset=0, wanted=None):
@@ -73,13 +62,9 @@ class Feeder6:
             self.out.append((bytes(result), None))
         return result
 
-    def feed(self, frags, ident=1, now=0.0, **kwargs):
-        return [self.add(o, mf, p, ident, now, **kwargs) for o, mf, p in frags]
-
     def gauges(self):
-        assert self.stats.pending_bytes == self.r.pending_bytes
         assert self.stats.pending_datagrams == self.r.pending_datagrams
-        return self.stats.pending_datagrams, self.stats.pending_bytes
+        return super().gauges()
 
 
 def test_constants():

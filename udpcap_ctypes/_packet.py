@@ -227,12 +227,9 @@ def udp6_checksum_ok(src6: int, dst6: int, segment: Buffer) -> bool:
     so a 128-bit address is congruent to the sum of its 16-bit words, and the segment as one
     big integer (padded to an even length by "* 256") to the sum of its.
     """
-    length = len(segment)
-    if length < 8 or (segment[6] == 0 and segment[7] == 0):
+    if len(segment) < 8 or (segment[6] == 0 and segment[7] == 0):
         return False
-    total = (src6 + dst6 + IPPROTO_UDP + length
-             + int.from_bytes(segment, "big") * (256 if length & 1 else 1))
-    return total % 0xFFFF == 0
+    return udp_checksum_ok(src6, dst6, segment)
 
 
 # What _walk_extensions stops at besides a next header: the chain is invalid (hop-by-hop not
@@ -429,72 +426,6 @@ class UnsupportedLinkType(ValueError):
     """The capture device uses a link layer the parser does not understand."""
 
 
-def _parse_ethernet(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start >= 14 and buf[start + 12] == 0x08 and buf[start + 13] == 0x00:
-        return start + 14                                    # untagged IPv4: the common case
-    pos = start + 12
-    for _ in range(MAX_VLAN_TAGS + 1):                       # 802.1Q / 802.1ad / QinQ tags
-        if end - pos < 2:
-            stats.drop("link_truncated")
-            return -1
-        ethertype = (buf[pos] << 8) | buf[pos + 1]
-        if ethertype == ETHERTYPE_IPV4:
-            return pos + 2
-        if ethertype not in VLAN_ETHERTYPES:
-            break
-        pos += 4
-    stats.drop("link_not_ipv4")
-    return -1
-
-
-def _null_parser(byte_order: Literal["little", "big"], accept_swapped: bool) -> LinkParser:
-    # AF_INET written in the other byte order reads as AF_INET << 24 whatever ``byte_order`` is.
-    other = AF_INET << 24 if accept_swapped else None
-
-    def parse_null(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-        if end - start < 4:
-            stats.drop("link_truncated")
-            return -1
-        family = int.from_bytes(buf[start:start + 4], byte_order)
-        # DLT_NULL stores the family in the capturing host's byte order; accept the other
-        # order's AF_INET too, for capture files written elsewhere.
-        if family == AF_INET or family == other:
-            return start + 4
-        stats.drop("link_not_ipv4")
-        return -1
-    return parse_null
-
-
-def _parse_sll(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start < 16:
-        stats.drop("link_truncated")
-        return -1
-    if buf[start + 14] != 0x08 or buf[start + 15] != 0x00:
-        stats.drop("link_not_ipv4")
-        return -1
-    return start + 16
-
-
-def _parse_sll2(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start < 20:
-        stats.drop("link_truncated")
-        return -1
-    if buf[start] != 0x08 or buf[start + 1] != 0x00:
-        stats.drop("link_not_ipv4")
-        return -1
-    return start + 20
-
-
-def _parse_raw(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start < 1:
-        stats.drop("link_truncated")
-        return -1
-    if buf[start] >> 4 != 4:
-        stats.drop("link_not_ipv4")
-        return -1
-    return start
-
-
 # The IPv6-aware link parsers.  The link layer names the protocol (ethertype, family, raw: the
 # version nibble), as the kernel goes by it (ip_rcv drops version != 4, ipv6_rcv version != 6).
 # The walker's parsers return the offset of an IPv4 header, or _IPV6_HEADER + the offset of an
@@ -502,103 +433,129 @@ def _parse_raw(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
 # it did (make_link_parser's IPv4 fast checks, unchanged); each IP parser then checks the
 # version itself.  make_link_parser(linktype, ipv6=True) returns plain offsets instead (see
 # there).
+#
+# Each link layer has one parser factory; ``ipv6=False`` builds make_link_parser's IPv4-only
+# parser, to which IPv6 is "not IPv4": its IPv6 marker is one no frame carries (-1, an empty
+# set), tested only after the IPv4 one, so an IPv4 frame pays nothing for it.
 
 _IPV6_HEADER = 1 << 32          # larger than any offset into a capture buffer
 
 
-def _parse_ethernet46(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start >= 14 and buf[start + 12] == 0x08 and buf[start + 13] == 0x00:
-        return start + 14                                    # untagged IPv4: the common case
-    pos = start + 12
-    for _ in range(MAX_VLAN_TAGS + 1):                       # 802.1Q / 802.1ad / QinQ tags
-        if end - pos < 2:
-            stats.drop("link_truncated")
-            return -1
-        ethertype = (buf[pos] << 8) | buf[pos + 1]
-        if ethertype == ETHERTYPE_IPV4:
-            return pos + 2
-        if ethertype == ETHERTYPE_IPV6:
-            return pos + 2 + _IPV6_HEADER
-        if ethertype not in VLAN_ETHERTYPES:
-            break
-        pos += 4
-    stats.drop("link_not_ipv4")
-    return -1
+def _ethernet_parser(ipv6: bool) -> LinkParser:
+    ethertype6 = ETHERTYPE_IPV6 if ipv6 else -1
+
+    def parse_ethernet(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
+        if end - start >= 14 and buf[start + 12] == 0x08 and buf[start + 13] == 0x00:
+            return start + 14                                # untagged IPv4: the common case
+        pos = start + 12
+        for _ in range(MAX_VLAN_TAGS + 1):                   # 802.1Q / 802.1ad / QinQ tags
+            if end - pos < 2:
+                stats.drop("link_truncated")
+                return -1
+            ethertype = (buf[pos] << 8) | buf[pos + 1]
+            if ethertype == ETHERTYPE_IPV4:
+                return pos + 2
+            if ethertype == ethertype6:
+                return pos + 2 + _IPV6_HEADER
+            if ethertype not in VLAN_ETHERTYPES:
+                break
+            pos += 4
+        stats.drop("link_not_ipv4")
+        return -1
+    return parse_ethernet
 
 
-def _null_parser46(byte_order: Literal["little", "big"], accept_swapped: bool) -> LinkParser:
+def _null_parser(byte_order: Literal["little", "big"], accept_swapped: bool,
+                 ipv6: bool) -> LinkParser:
     # A family written in the other byte order reads as family << 24 whatever ``byte_order``.
     other = AF_INET << 24 if accept_swapped else None
-    ipv6 = frozenset(AF_INET6_BSD + (tuple(f << 24 for f in AF_INET6_BSD)
-                                     if accept_swapped else ()))
+    families6 = frozenset((AF_INET6_BSD + (tuple(f << 24 for f in AF_INET6_BSD)
+                                           if accept_swapped else ())) if ipv6 else ())
 
-    def parse_null46(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
+    def parse_null(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
         if end - start < 4:
             stats.drop("link_truncated")
             return -1
         family = int.from_bytes(buf[start:start + 4], byte_order)
+        # DLT_NULL stores the family in the capturing host's byte order; accept the other
+        # order's too, for capture files written elsewhere.
         if family == AF_INET or family == other:
             return start + 4
-        if family in ipv6:
+        if family in families6:
             return start + 4 + _IPV6_HEADER
         stats.drop("link_not_ipv4")
         return -1
-    return parse_null46
+    return parse_null
 
 
-def _parse_sll46(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start < 16:
-        stats.drop("link_truncated")
+def _cooked_parser(length: int, type_at: int, ipv6: bool) -> LinkParser:
+    """Linux cooked captures: a ``length``-byte header, the protocol (an ethertype) at
+    ``type_at``."""
+    def parse_cooked(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
+        if end - start < length:
+            stats.drop("link_truncated")
+            return -1
+        at = start + type_at
+        if buf[at] == 0x08 and buf[at + 1] == 0x00:
+            return start + length
+        if ipv6 and buf[at] == 0x86 and buf[at + 1] == 0xDD:
+            return start + length + _IPV6_HEADER
+        stats.drop("link_not_ipv4")
         return -1
-    if buf[start + 14] == 0x08 and buf[start + 15] == 0x00:
-        return start + 16
-    if buf[start + 14] == 0x86 and buf[start + 15] == 0xDD:
-        return start + 16 + _IPV6_HEADER
-    stats.drop("link_not_ipv4")
-    return -1
+    return parse_cooked
 
 
-def _parse_sll2_46(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start < 20:
-        stats.drop("link_truncated")
+def _raw_parser(ipv6: bool) -> LinkParser:
+    version6 = 6 if ipv6 else -1
+
+    def parse_raw(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
+        if end - start < 1:
+            stats.drop("link_truncated")
+            return -1
+        version = buf[start] >> 4
+        if version == 4:
+            return start
+        if version == version6:
+            return start + _IPV6_HEADER
+        stats.drop("link_not_ipv4")
         return -1
-    if buf[start] == 0x08 and buf[start + 1] == 0x00:
-        return start + 20
-    if buf[start] == 0x86 and buf[start + 1] == 0xDD:
-        return start + 20 + _IPV6_HEADER
-    stats.drop("link_not_ipv4")
-    return -1
+    return parse_raw
 
 
-def _parse_raw46(buf: Buffer, start: int, end: int, stats: Statistics) -> int:
-    if end - start < 1:
-        stats.drop("link_truncated")
-        return -1
-    version = buf[start] >> 4
-    if version == 4:
-        return start
-    if version == 6:
-        return start + _IPV6_HEADER
-    stats.drop("link_not_ipv4")
-    return -1
+# ipv6 -> the parsers of the fixed link layers (DLT_NULL's depends on the byte order)
+_LINK_PARSERS: Dict[bool, Tuple[LinkParser, LinkParser, LinkParser, LinkParser]] = {
+    ipv6: (_ethernet_parser(ipv6), _cooked_parser(16, 14, ipv6), _cooked_parser(20, 0, ipv6),
+           _raw_parser(ipv6))
+    for ipv6 in (False, True)
+}
+
+
+def _link_parser(linktype: int, ipv6: bool) -> LinkParser:
+    """The walker's link parser (``ipv6``: IPv4 offsets, or _IPV6_HEADER + IPv6 offsets) or
+    make_link_parser's IPv4-only one."""
+    ethernet, sll, sll2, raw = _LINK_PARSERS[ipv6]
+    if linktype == _pcap.DLT_EN10MB:
+        return ethernet
+    if linktype == _pcap.DLT_NULL:
+        return _null_parser(sys.byteorder, True, ipv6)
+    if linktype == _pcap.DLT_LOOP:
+        return _null_parser("big", False, ipv6)      # always network byte order
+    if linktype == _pcap.DLT_LINUX_SLL:
+        return sll
+    if linktype == _pcap.DLT_LINUX_SLL2:
+        return sll2
+    if linktype in (_pcap.DLT_RAW, _pcap.DLT_RAW_BSD, _pcap.LINKTYPE_RAW):
+        return raw
+    if linktype == _pcap.DLT_IPV4:
+        return _LINK_PARSERS[False][3]               # IPv4 only (DLT_IPV6 is 229)
+    raise UnsupportedLinkType(
+        "link type %d is not supported (supported: Ethernet, BSD loopback/DLT_NULL, DLT_LOOP, "
+        "Linux cooked SLL/SLL2, raw IP)" % linktype)
 
 
 def _make_link_parser46(linktype: int) -> LinkParser:
     """The walker's link parser: IPv4 offsets, or _IPV6_HEADER + IPv6 offsets."""
-    if linktype == _pcap.DLT_EN10MB:
-        return _parse_ethernet46
-    if linktype == _pcap.DLT_NULL:
-        return _null_parser46(sys.byteorder, True)
-    if linktype == _pcap.DLT_LOOP:
-        return _null_parser46("big", False)        # always network byte order
-    if linktype == _pcap.DLT_LINUX_SLL:
-        return _parse_sll46
-    if linktype == _pcap.DLT_LINUX_SLL2:
-        return _parse_sll2_46
-    if linktype in (_pcap.DLT_RAW, _pcap.DLT_RAW_BSD, _pcap.LINKTYPE_RAW):
-        return _parse_raw46
-    # DLT_IPV4 (228) carries IPv4 only (DLT_IPV6 is 229).
-    return make_link_parser(linktype)
+    return _link_parser(linktype, True)
 
 
 def _agreeing(parse_tagged: LinkParser) -> LinkParser:
@@ -638,21 +595,7 @@ def make_link_parser(linktype: int, ipv6: bool = False) -> LinkParser:
     """
     if ipv6:
         return _agreeing(_make_link_parser46(linktype))
-    if linktype == _pcap.DLT_EN10MB:
-        return _parse_ethernet
-    if linktype == _pcap.DLT_NULL:
-        return _null_parser(sys.byteorder, True)
-    if linktype == _pcap.DLT_LOOP:
-        return _null_parser("big", False)          # always network byte order
-    if linktype == _pcap.DLT_LINUX_SLL:
-        return _parse_sll
-    if linktype == _pcap.DLT_LINUX_SLL2:
-        return _parse_sll2
-    if linktype in (_pcap.DLT_RAW, _pcap.DLT_RAW_BSD, _pcap.LINKTYPE_RAW, _pcap.DLT_IPV4):
-        return _parse_raw
-    raise UnsupportedLinkType(
-        "link type %d is not supported (supported: Ethernet, BSD loopback/DLT_NULL, DLT_LOOP, "
-        "Linux cooked SLL/SLL2, raw IP)" % linktype)
+    return _link_parser(linktype, False)
 
 
 def make_outgoing_test(linktype: int, own_macs: Iterable[Buffer] = ()) -> OutgoingTest:
