@@ -124,6 +124,19 @@ def netpair():
         pair.delete()
 
 
+@pytest.fixture
+def pair6():
+    """Like :func:`netpair`, with IPv6: an MTU-1280 veth (the IPv6 minimum, so that large
+    datagrams fragment), ``nodad`` ULA addresses ``addr6_a``/``addr6_b`` and the link-local
+    fe80::a/fe80::b (see netns.NetPair)."""
+    _require_namespaces()
+    pair = _netns.NetPair(mtu=1280, ipv6=True)
+    try:
+        yield pair
+    finally:
+        pair.delete()
+
+
 @pytest.fixture(scope="session")
 def winemu_shims(tmp_path_factory):
     """The emulated Windows' C shims, compiled once per session (tests/winemu)."""

@@ -71,15 +71,6 @@ def injected6(pair, buffer_size=None):
         inj.sock.close()
 
 
-@pytest.fixture
-def pair6():
-    pair = nslib.NetPair(mtu=1280, ipv6=True)
-    try:
-        yield pair
-    finally:
-        pair.delete()
-
-
 def drain(sock, count, timeout=2.0):
     sock.settimeout(timeout)
     got = []

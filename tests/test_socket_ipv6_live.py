@@ -23,17 +23,6 @@ GROUP = "ff15::1234"
 OTHER_GROUP = "ff15::5678"
 
 
-@pytest.fixture
-def pair6():
-    if nslib.unavailable_reason():
-        pytest.skip(nslib.unavailable_reason())
-    pair = nslib.NetPair(mtu=1280, ipv6=True)
-    try:
-        yield pair
-    finally:
-        pair.delete()
-
-
 def sender6(ns, multicast_if=None, loop=None):
     """A kernel AF_INET6 UDP socket created inside namespace *ns* (a Namespace or None)."""
     ctx = nslib.in_namespace(ns) if ns is not None else contextlib.ExitStack()

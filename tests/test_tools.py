@@ -24,7 +24,6 @@ import bench_replay
 import bench_report
 import bench_run
 import bench_worker
-import netns as nslib  # tests/netns.py
 import send
 from udpcap_ctypes import _net
 
@@ -663,20 +662,6 @@ def test_pcap_file_of_recv_over_ipv6_reads_back(netns, tmp_path):
         lines = [line for line in done.stdout.splitlines() if "IP6" in line]
         assert len(lines) == 20
         assert all("::1.14000: [udp sum ok] UDP, length 301" in line for line in lines), lines[0]
-
-
-@pytest.fixture
-def pair6():
-    """Two namespaces joined by veth with nodad ULA and link-local addresses (tests/netns.py
-    NetPair(ipv6=True)), deleted after the test."""
-    reason = nslib.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    pair = nslib.NetPair(ipv6=True)
-    try:
-        yield pair
-    finally:
-        pair.delete()
 
 
 @pytest.mark.parametrize("receiver", RECEIVERS6)

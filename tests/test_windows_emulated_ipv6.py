@@ -22,15 +22,6 @@ pytestmark = [pytest.mark.windows_emulated, pytest.mark.live]
 GROUP = "ff15::4242"
 
 
-@pytest.fixture
-def pair6():
-    pair = nslib.NetPair(mtu=1280, ipv6=True)
-    try:
-        yield pair
-    finally:
-        pair.delete()
-
-
 def send6(ns, destination, payloads, interval=0.0005, multicast_if=None):
     """Send from a kernel AF_INET6 socket made in namespace *ns* (None: this one's)."""
     ctx = nslib.in_namespace(ns) if ns is not None else contextlib.ExitStack()

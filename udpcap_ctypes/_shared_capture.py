@@ -389,17 +389,17 @@ def port_ranges(ports, limit=MAX_PORT_RANGES):
     return [tuple(r) for r in ranges]
 
 
-def port_clause(ports):
-    """BPF text that passes IPv4 UDP to any of *ports* (see :func:`port_ranges`).
-
-    ``udp[2:2]`` is the UDP destination port; libpcap compiles it several times faster than
-    ``dst port`` (which also tests IPv6 and the fragment offset for every clause)."""
+def port_clause(ports, field="udp[2:2]"):
+    """BPF text that passes UDP to any of *ports* (see :func:`port_ranges`), read from
+    *field*: ``udp[2:2]``, IPv4's UDP destination port, which libpcap compiles several times
+    faster than ``dst port`` (that also tests IPv6 and the fragment offset for every clause);
+    ``ip6[42:2]`` for IPv6, the destination port of UDP right after the base header."""
     terms = []
     for first, last in port_ranges(ports):
         if first == last:
-            terms.append("udp[2:2] = %d" % first)
+            terms.append("%s = %d" % (field, first))
         else:
-            terms.append("(udp[2:2] >= %d and udp[2:2] <= %d)" % (first, last))
+            terms.append("(%s >= %d and %s <= %d)" % (field, first, field, last))
     return " or ".join(terms)
 
 
@@ -412,18 +412,6 @@ def device_index(device):
         return socket.if_nametoindex(device.name)
     except (OSError, AttributeError, ValueError):   # Windows' NPF names are no interface names
         return 0
-
-
-def port_clause6(ports):
-    """BPF text that passes IPv6 UDP, directly after the base header, to any of *ports*
-    (``ip6[42:2]``: the UDP destination port at 40 + 2; see :func:`port_clause`)."""
-    terms = []
-    for first, last in port_ranges(ports):
-        if first == last:
-            terms.append("ip6[42:2] = %d" % first)
-        else:
-            terms.append("(ip6[42:2] >= %d and ip6[42:2] <= %d)" % (first, last))
-    return " or ".join(terms)
 
 
 # IPv6 next headers that may stand between the base header and UDP (hop-by-hop, routing,
@@ -455,7 +443,7 @@ def union_filter(terms):
                                                      key=lambda item: repr(item[0])):
         if family == 6:
             text = ("ip6 and (%s) and ((ip6[6] = 17 and (%s)) or %s)"
-                    % (destinations, port_clause6(ports), _IP6_EXTENSIONS))
+                    % (destinations, port_clause(ports, "ip6[42:2]"), _IP6_EXTENSIONS))
         else:
             text = ("ip and udp and (%s) and (%s or ip[6:2] & 0x3fff != 0)"
                     % (destinations, port_clause(ports)))
