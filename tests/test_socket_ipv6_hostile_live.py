@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from test_socket_hostile_live import mac_of
+from test_socket_hostile_live import Injector
 
 import packets as pk
 from test_socket_support import nslib
@@ -24,16 +24,12 @@ PORT = 15660
 SPORT = 40006
 
 
-class Injector6:
-    """Writes raw IPv6 packets from A's veth to B's MAC."""
+class Injector6(Injector):
+    """Writes raw IPv6 packets from A's veth to B's MAC (the IPv4 injector's raw socket)."""
 
     def __init__(self, pair):
+        super().__init__(pair)
         self.src, self.dst = pair.addr6_a, pair.addr6_b
-        self.src_mac = mac_of(pair.a, pair.if_a)
-        self.dst_mac = mac_of(pair.b, pair.if_b)
-        with nslib.in_namespace(pair.a):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        self.sock.bind((pair.if_a, 0))
         self.ident = 0x10000
 
     def packet(self, packet):
